@@ -1,0 +1,59 @@
+"""Scripted oracle trajectories: what a perfect agent sends, derived from the task spec.
+
+A family without an ``oracle:`` block answers in one turn with its worked reference followed by the gold answer in
+``\\boxed{}``. A family with one (tool-use families) sends its steps in order: each step's tool calls (string
+argument values are templates over the instance parameters and ``{answer}``) and text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amrsd_envs.catalog import TaskCatalog, TaskInstance
+
+
+def oracle_messages(task: TaskInstance, catalog: TaskCatalog) -> list[str]:
+    """The assistant messages of the oracle trajectory, in order (the last one is the final answer)."""
+    spec = catalog[task.family_id].spec
+    values: dict[str, Any] = {**task.params, "answer": task.answer}
+    if spec.oracle:
+        from amrsd_envs.toolcalls import ToolCall, render_tool_calls
+
+        out = []
+        for step in spec.oracle:
+            calls = [
+                ToolCall(name=c["name"], arguments=_render_value(c.get("arguments", {}), values))
+                for c in step.tool_calls
+            ]
+            text = step.content.format(**values)
+            if calls:
+                text = (text + "\n" if text else "") + render_tool_calls(calls)
+            out.append(text)
+        return out
+    body = (task.reference.strip() + "\n\n") if task.reference else ""
+    return [f"{body}Final answer: \\boxed{{{task.answer}}}"]
+
+
+def _render_value(value: Any, values: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        return value.format(**values)
+    if isinstance(value, dict):
+        return {k: _render_value(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_value(v, values) for v in value]
+    return value
+
+
+class OraclePolicy:
+    """A policy that replays the oracle trajectory of the env's current task, turn by turn."""
+
+    def __init__(self, env: Any):
+        self.env = env.unwrapped
+
+    def __call__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        task = self.env.task
+        if task is None:
+            raise RuntimeError("OraclePolicy needs an env that has been reset")
+        script = oracle_messages(task, self.env.catalog)
+        turn = sum(1 for m in messages if m["role"] == "assistant")
+        return script[min(turn, len(script) - 1)]

