@@ -1,0 +1,168 @@
+"""``TrainConfig``: every knob of a training run, documented once, validated at load.
+
+Load from YAML (``TrainConfig.from_yaml(path)``), override with ``key=value`` strings (``with_overrides``; nested
+keys with dots, values parsed as YAML: ``lr=3e-5``, ``families=[tooluse.calc_*]``). Unknown keys are rejected with
+the closest valid name, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- model & engine ------------------------------------------------------------------------------------------
+    model: str = Field("tiny", description="Embedded model name (`tiny`, `smollm2-135m`) or a local HF model folder.")
+    engine: Literal["hf"] = Field(
+        "hf", description="Generation/scoring backend. `hf` = transformers on this process (CPU or GPU)."
+    )
+    device: str = Field("cpu", description="Torch device of the trainer (and of the hf engine).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training dtype.")
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's default.")
+
+    # -- tasks -----------------------------------------------------------------------------------------------------
+    envs: list[str] = Field(default_factory=lambda: ["AMRSD-ToolUse-v0"], description="Env ids to train on.")
+    families: list[str] | None = Field(None, description="Family ids or globs to keep (None: all of the envs).")
+    tasks_dir: str | None = Field(None, description="Tasks directory (None: the built-in tasks/).")
+    difficulty: int | None = Field(None, ge=1, description="Difficulty level for every family (None: defaults).")
+    max_turns: int | None = Field(None, ge=1, description="Override every family's max_turns.")
+
+    # -- algorithm ------------------------------------------------------------------------------------------------
+    algorithm: Literal["grpo"] = Field("grpo", description="Policy-update algorithm.")
+    group_size: int = Field(8, ge=1, description="G: episodes per task instance (one GRPO group).")
+    tasks_per_step: int = Field(4, ge=1, description="Task instances per step; the batch is tasks_per_step * G.")
+    norm_adv_by_std: bool = Field(True, description="GRPO (r-mean)/(std+eps); False = Dr. GRPO (r-mean).")
+    adv_eps: float = Field(1e-6, gt=0, description="eps of the advantage normalisation.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (the batch is split into this many).")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio lower clip eps (ratio >= 1 - clip_low).")
+    clip_high: float = Field(0.2, ge=0, description="PPO ratio upper clip eps (DAPO clip-higher uses e.g. 0.28).")
+    dual_clip: float | None = Field(3.0, gt=1, description="Dual-clip c for negative advantages; None disables.")
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean", description="How per-token losses are reduced to a scalar."
+    )
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty coefficient to a frozen reference model (0 = none).")
+    kl_kind: Literal["k1", "k2", "k3", "low_var_kl"] = Field("k3", description="KL estimator.")
+    recompute_old_logprobs: bool = Field(
+        True, description="Score rollouts once with the policy before the update (else use sampling logprobs)."
+    )
+
+    # -- optimisation ---------------------------------------------------------------------------------------------
+    total_steps: int = Field(40, ge=1, description="Training steps (one rollout batch each).")
+    lr: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warm-up.")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = Field((0.9, 0.999))
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1, description="Tokens per assistant turn.")
+    max_total_tokens: int = Field(1024, ge=16, description="Episode length cap (prompt + all turns); truncates.")
+
+    # -- evaluation, logging, checkpoints ----------------------------------------------------------------------------
+    eval_every: int = Field(10, ge=0, description="Evaluate on the test split every N steps (0 = only start/end).")
+    eval_tasks: int = Field(64, ge=1, description="Held-out tasks per evaluation.")
+    eval_k: int = Field(1, ge=1, description="k of pass@k at evaluation (k samples per task at eval_temperature).")
+    eval_temperature: float = Field(0.0, ge=0, description="0 = greedy (pass@1 only makes sense with eval_k=1).")
+    output_dir: str = Field("runs/default", description="Where metrics, plots and checkpoints go.")
+    checkpoint_every: int = Field(10, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept.")
+    resume: Literal["auto", "never"] | str = Field(
+        "auto", description="`auto`: continue from the latest checkpoint in output_dir; `never`; or a checkpoint path."
+    )
+    tensorboard: bool = Field(False, description="Also write TensorBoard scalars (needs `tensorboard`).")
+    peers_per_task: int = Field(16, ge=1, description="PeerBuffer bound per task id.")
+    seed: int = Field(0, description="Seeds task sampling, generation and init; a run is a function of its seed.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "TrainConfig":
+        batch = self.tasks_per_step * self.group_size
+        if batch % self.mini_batches != 0:
+            raise ValueError(
+                f"tasks_per_step * group_size = {batch} is not divisible by mini_batches = {self.mini_batches}; "
+                "pick mini_batches that divides the batch"
+            )
+        if self.eval_k > 1 and self.eval_temperature == 0:
+            raise ValueError("eval_k > 1 needs sampling: set eval_temperature > 0 (e.g. 1.0) or eval_k = 1")
+        if self.group_size == 1:
+            raise ValueError("group_size = 1 gives every GRPO advantage 0 (nothing to learn); use group_size >= 2")
+        if self.dtype != "float32" and self.device == "cpu":
+            raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy here; use dtype=float32 on cpu")
+        return self
+
+    # -- loading ---------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ValueError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: YAML syntax error: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+        data = apply_overrides(data, overrides or [])
+        return cls.validated(data, source=str(path))
+
+    @classmethod
+    def validated(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(_explain(exc, source)) from None
+
+    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
+        return self.validated(apply_overrides(self.model_dump(), overrides), source="overrides")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["lr=3e-5", "families=[a, b]"]`` applied to a config dict (values parsed as YAML)."""
+    out = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value")
+        if key not in TrainConfig.model_fields:
+            close = difflib.get_close_matches(key, list(TrainConfig.model_fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown config key {key!r} in override {item!r}{hint}")
+        out[key] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid training config ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc, list(TrainConfig.model_fields), n=3)
+            msg = "unknown key" + (f"; did you mean {', '.join(close)}?" if close else "")
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_reference_markdown() -> str:
+    """The field table for docs (generated from the Field descriptions, so it never drifts)."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for name, field in TrainConfig.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append(f"| `{name}` | `{default}` | {field.description or ''} |")
+    return "\n".join(rows)
