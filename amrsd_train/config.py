@@ -15,6 +15,30 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+class SFTConfig(BaseModel):
+    """Warm-start settings (the ``warm_start:`` block of a training config, or ``amrsd-train sft``'s config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    envs: list[str] = Field(default_factory=lambda: ["AMRSD-ToolUse-v0"], description="Env ids to take demos from.")
+    families: list[str] | None = Field(None, description="Family ids or globs (None: every family of the envs).")
+    demos_per_family: int = Field(200, ge=1, description="Oracle demonstrations per family (train split).")
+    steps: int = Field(150, ge=1, description="Optimizer steps. Kept small on purpose: RL needs headroom.")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0, description="Peak AdamW lr (cosine decay to 10% over `steps`).")
+    warmup_steps: int = Field(10, ge=0)
+    max_len: int = Field(768, ge=16, description="Demonstrations longer than this many tokens are dropped.")
+    vocab_size: int = Field(3072, ge=300, description="BPE vocabulary of the tiny tokenizer.")
+    seed: int = Field(0)
+    output: str | None = Field(None, description="Where to save (None: the embedded `tiny` cache folder).")
+    init: Literal["build_tiny", "from_model"] = Field(
+        "build_tiny", description="`build_tiny`: build a fresh tiny model; `from_model`: fine-tune `model`."
+    )
+    model: str | None = Field(None, description="With init=from_model: the model name or folder to fine-tune.")
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -26,6 +50,11 @@ class TrainConfig(BaseModel):
     device: str = Field("cpu", description="Torch device of the trainer (and of the hf engine).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training dtype.")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's default.")
+
+    warm_start: SFTConfig = Field(
+        default_factory=SFTConfig,
+        description="When model is `tiny` and not built yet: build it and SFT it on oracle demos first.",
+    )
 
     # -- tasks -----------------------------------------------------------------------------------------------------
     envs: list[str] = Field(default_factory=lambda: ["AMRSD-ToolUse-v0"], description="Env ids to train on.")

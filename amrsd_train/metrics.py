@@ -1,0 +1,97 @@
+"""Metrics: one JSON line per step (and TensorBoard when installed), and the end-of-run plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Appends ``{"step": k, ...}`` lines to ``metrics.jsonl``. On resume, lines after the checkpoint's step are
+    dropped first so the file never holds two histories."""
+
+    def __init__(self, out_dir: Path, *, resume_step: int | None = None, tensorboard: bool = False):
+        self.path = out_dir / "metrics.jsonl"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] < resume_step]
+            self.path.write_text("".join(k + "\n" for k in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ValueError("tensorboard=true needs the tensorboard package: pip install 'amrsd[tensorboard]'") from exc
+            self._tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, step)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
+    """Train reward (and its moving average) and eval pass@1 against step, with the phase timings beneath."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if "train/reward_mean" in r]
+    evals = [r for r in rows if "eval/pass@1" in r]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), height_ratios=[3, 1.3], sharex=True)
+    if train:
+        xs = [r["step"] for r in train]
+        ys = [r["train/reward_mean"] for r in train]
+        ax.plot(xs, ys, color="#9ecae1", lw=1, label="train reward (batch mean)")
+        w = max(1, len(ys) // 10)
+        ma = [sum(ys[max(0, i - w + 1): i + 1]) / len(ys[max(0, i - w + 1): i + 1]) for i in range(len(ys))]
+        ax.plot(xs, ma, color="#3182bd", lw=2, label=f"train reward ({w}-step mean)")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", color="#e6550d", lw=2,
+                label="eval pass@1 (held-out)")
+        for r in (evals[0], evals[-1]):
+            ax.annotate(f"{r['eval/pass@1']:.2f}", (r["step"], r["eval/pass@1"]), textcoords="offset points",
+                        xytext=(0, 8), ha="center", color="#e6550d")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylabel("reward / pass@1")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    phases = [k for k in ("time/generate_s", "time/verify_s", "time/score_s", "time/update_s") if train and k in train[0]]
+    bottom = [0.0] * len(train)
+    for k, color in zip(phases, ["#fdae6b", "#a1d99b", "#bcbddc", "#9ecae1"]):
+        vals = [r.get(k, 0.0) for r in train]
+        ax2.bar([r["step"] for r in train], vals, bottom=bottom, color=color, label=k.split("/")[1][:-2], width=0.9)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax2.set_ylabel("seconds / step")
+    ax2.set_xlabel("step")
+    if phases:
+        ax2.legend(loc="upper right", ncol=4, fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

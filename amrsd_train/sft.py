@@ -1,0 +1,169 @@
+"""Warm start by supervised fine-tuning on oracle demonstrations (``amrsd-train sft``).
+
+Demonstrations are real episodes: each family's scripted oracle is played through the env, so tool calls are
+executed by the real tools and the tool messages in the demonstration are what the env returned. They are tokenized
+exactly the way rollouts are (prompt ids, then per assistant turn the ids the model should emit, then the template
+glue), so the SFT target format and the RL rollout format cannot drift apart: a tool-call turn ends at
+``</tool_call>`` (rollouts stop there), a final-answer turn ends with the end-of-turn token.
+
+For the embedded ``tiny`` model this also builds the model: the tokenizer is trained on the demonstrations, the
+weights are initialised, SFT runs for a fixed, small number of steps (stopping early on purpose, so RL has room to
+improve), and the result is saved where ``resolve_model("tiny")`` finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import amrsd_envs  # noqa: F401
+from amrsd_envs.catalog import TaskCatalog, load_tasks
+from amrsd_envs.oracle import OraclePolicy
+from amrsd_train.config import SFTConfig
+from amrsd_train.rollout import ChatTokens
+
+
+def collect_demonstrations(catalog: TaskCatalog, per_family: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
+    """(messages, tools) of oracle episodes on the first train instances of every family."""
+    env = gym.make("AMRSD-All-v0", tasks=catalog)
+    policy = OraclePolicy(env)
+    demos = []
+    try:
+        for fam in catalog:
+            ids = env.unwrapped.task_ids("train", per_family, families=[fam.id])
+            for k, tid in enumerate(ids):
+                messages, info = env.reset(seed=seed + k, options={"task_id": tid})
+                done = False
+                while not done:
+                    messages, reward, term, trunc, info = env.step(policy(messages, info.get("tools")))
+                    done = term or trunc
+                if reward != 1.0:
+                    raise RuntimeError(f"the oracle failed on {tid}: the family is broken ({info.get('verification')})")
+                demos.append((messages, info_tools(env)))
+    finally:
+        env.close()
+    return demos
+
+
+def info_tools(env: gym.Env) -> list[dict]:
+    task = env.unwrapped.task
+    return env.unwrapped._tool_schemas(task) if task is not None else []
+
+
+def tokenize_demo(chat: ChatTokens, messages: list[dict[str, Any]], tools: list[dict]) -> tuple[list[int], list[int]]:
+    """Input ids and loss mask of one demonstration, built turn by turn like a rollout."""
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    ids = chat.prompt_ids(messages[:first], tools)
+    mask = [0] * len(ids)
+    eos = chat.tok.convert_tokens_to_ids("<|im_end|>")
+    i = first
+    while i < len(messages):
+        content = messages[i]["content"]
+        j = i + 1
+        while j < len(messages) and messages[j]["role"] != "assistant":
+            j += 1
+        target = chat.encode(content)
+        final = j >= len(messages)
+        if final:
+            target = target + [eos]
+        ids += target
+        mask += [1] * len(target)
+        if not final:
+            glue = chat.between_turns(messages[: i + 1], messages[:j], tools, sampled_eos=None)
+            ids += glue
+            mask += [0] * len(glue)
+        i = j
+    return ids, mask
+
+
+def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig) -> list[float]:
+    """Masked next-token cross-entropy for ``cfg.steps`` AdamW steps; returns the loss per step."""
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    def lr_at(k: int) -> float:
+        if k < cfg.warmup_steps:
+            return (k + 1) / cfg.warmup_steps
+        frac = (k - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    losses = []
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, unit="step")
+    for _ in bar:
+        batch = [examples[i] for i in rng.choice(len(examples), size=min(cfg.batch_size, len(examples)), replace=False)]
+        T = max(len(x) for x, _ in batch)
+        ids = torch.zeros(len(batch), T, dtype=torch.long)
+        attn = torch.zeros(len(batch), T, dtype=torch.long)
+        mask = torch.zeros(len(batch), T)
+        for r, (x, m) in enumerate(batch):
+            ids[r, : len(x)] = torch.tensor(x)
+            attn[r, : len(x)] = 1
+            mask[r, : len(x)] = torch.tensor(m, dtype=torch.float32)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                reduction="none").view(len(batch), T - 1)
+        m = mask[:, 1:]
+        loss = (nll * m).sum() / m.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
+    """Build (or load) a model, SFT it on oracle demonstrations, save it; returns the saved folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from amrsd_train import models
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    domains = {amrsd_envs.ENV_IDS[e] for e in cfg.envs}
+    full = load_tasks(tasks_dir)
+    catalog = TaskCatalog([f for f in full if None in domains or f.spec.domain in domains])
+    if cfg.families:
+        catalog = catalog.select(families=cfg.families)
+    demos = collect_demonstrations(catalog, cfg.demos_per_family, cfg.seed)
+    out = Path(cfg.output) if cfg.output else models.tiny_model_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.init == "build_tiny":
+            corpus = [json.dumps(m, ensure_ascii=False) for msgs, _ in demos for m in msgs]
+            src = models.build_tiny_model(Path(tmp) / "init", corpus, seed=cfg.seed, vocab_size=cfg.vocab_size)
+        else:
+            if not cfg.model:
+                raise ValueError("init=from_model needs `model` (an embedded name or a folder)")
+            src = models.resolve_model(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+            chat = ChatTokens(tokenizer)
+            examples = [tokenize_demo(chat, msgs, tools) for msgs, tools in demos]
+            examples = [e for e in examples if len(e[0]) <= cfg.max_len]
+            if not examples:
+                raise ValueError(f"every demonstration is longer than max_len={cfg.max_len} tokens")
+            losses = sft(model, examples, cfg)
+        with models.atomic_output_dir(out, overwrite=True) as final:
+            model.save_pretrained(final)
+            tokenizer.save_pretrained(final)
+            meta = models.read_metadata(src)
+            if meta is not None:
+                (final / models.METADATA_FILE).write_text(
+                    json.dumps({**meta.__dict__, "source": f"{meta.source}; sft {cfg.steps} steps on "
+                                f"{len(examples)} oracle demos, final loss {losses[-1]:.4f}"}, indent=2))
+    return out

@@ -1,0 +1,354 @@
+"""The training loop: rollout -> verify -> advantages -> PPO epochs -> log -> eval -> checkpoint.
+
+``train(config)`` reads top to bottom; everything it calls is either a pure function (``advantages``, ``losses``)
+or a small helper in this file with one job.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import amrsd_envs  # noqa: F401  (registers the env ids)
+from amrsd_envs.catalog import TaskCatalog, load_tasks
+from amrsd_envs.evaluate import pass_at_k
+from amrsd_envs.peers import PeerBuffer
+from amrsd_train import checkpoint as ckpt
+from amrsd_train.advantages import grpo_advantages
+from amrsd_train.config import TrainConfig
+from amrsd_train.engines.base import SamplingParams
+from amrsd_train.engines.hf import HFEngine
+from amrsd_train.losses import entropy_from_logits, kl_penalty, policy_loss
+from amrsd_train.metrics import MetricsLogger, plot_run
+from amrsd_train.rollout import Trajectory, run_group_rollouts
+
+STOP_STRINGS = ("</tool_call>",)
+
+
+@dataclass
+class TrainResult:
+    """What ``run`` returns: final metrics, the last checkpoint and where everything was written."""
+
+    output_dir: Path
+    checkpoint: Path | None
+    final_metrics: dict[str, Any]
+    eval_before: float | None
+    eval_after: float | None
+    plot: Path | None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    resume_from = _resume_path(cfg, out / "checkpoints")
+
+    # -- model, engine, tasks ---------------------------------------------------------------------------------
+    model, tokenizer = _load_policy(cfg, resume_from / "model" if resume_from else None)
+    torch.manual_seed(cfg.seed)
+    engine = HFEngine(model=model, tokenizer=tokenizer, device=cfg.device)
+    ref_model = _frozen_copy(cfg, model) if cfg.kl_coef > 0 else None
+    catalog = _catalog(cfg)
+    train_ids_pool = _TaskSampler(catalog, cfg.seed)
+    peers = PeerBuffer(per_task=cfg.peers_per_task)
+    n_envs = max(cfg.tasks_per_step * cfg.group_size, cfg.eval_tasks * cfg.eval_k)
+    envs = [gym.make("AMRSD-All-v0", tasks=catalog, max_turns=cfg.max_turns, peer_buffer=peers) for _ in range(n_envs)]
+    sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                              stop_strings=STOP_STRINGS)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    start_step, best = 0, {}
+    if resume_from is not None:
+        state, blobs = ckpt.load_trainer_state(resume_from)
+        optimizer.load_state_dict(blobs["optimizer"])
+        scheduler.load_state_dict(blobs["scheduler"])
+        ckpt.set_rng_state(blobs["rng"])
+        start_step, best = state.step, state.best
+        if (resume_from / "peers.sqlite").exists():
+            for tid_peers in PeerBuffer(cfg.peers_per_task, resume_from / "peers.sqlite")._episodes.values():
+                for ep in tid_peers:
+                    peers.add(ep)
+    logger = MetricsLogger(out, resume_step=start_step if resume_from else None, tensorboard=cfg.tensorboard)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+
+    eval_before = best.get("eval_before")
+    if eval_before is None:
+        eval_before = _evaluate(cfg, engine, envs, catalog)["eval/pass@1"]
+        best["eval_before"] = eval_before
+        logger.log(0, {"eval/pass@1": eval_before})
+
+    bar = tqdm(range(start_step, cfg.total_steps), initial=start_step, total=cfg.total_steps, desc="train",
+               disable=not cfg.progress, unit="step")
+    metrics: dict[str, Any] = {}
+    last_ckpt = resume_from
+    for step in bar:
+        t_step = time.perf_counter()
+        model.eval()
+
+        # 1. rollout: G episodes per task, tools run inside the envs, verified at the end of each episode
+        task_ids = train_ids_pool.sample(step, cfg.tasks_per_step)
+        for env in envs:
+            env.unwrapped.peer_step = step
+        trajs, rstats = run_group_rollouts(engine, envs, task_ids, cfg.group_size, sampling,
+                                           max_total_tokens=cfg.max_total_tokens, seed=_step_seed(cfg.seed, step))
+
+        # 2. advantages: one scalar per episode from its group's rewards
+        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+        group_ids = torch.tensor([t.group_id for t in trajs])
+        adv = grpo_advantages(rewards, group_ids, norm_by_std=cfg.norm_adv_by_std, eps=cfg.adv_eps)
+
+        # 3. old (and reference) log-probs, scored once before the update
+        t0 = time.perf_counter()
+        batch = _collate(trajs, cfg.device)
+        if cfg.recompute_old_logprobs:
+            batch["old_logp"] = _logprobs(model, batch, no_grad=True)
+        ref_logp = _logprobs(ref_model, batch, no_grad=True) if ref_model is not None else None
+        t_score = time.perf_counter() - t0
+
+        # 4. PPO epochs over mini-batches, gradient accumulation over micro-batches
+        t0 = time.perf_counter()
+        model.train()
+        upd = _update(cfg, model, optimizer, scheduler, batch, adv, ref_logp, step)
+        engine.update_weights(model)
+        t_update = time.perf_counter() - t0
+
+        # 5. metrics, eval, checkpoint
+        metrics = {
+            "train/reward_mean": rewards.mean().item(),
+            "train/pass_rate": float(np.mean([t.correct for t in trajs])),
+            "train/response_length": float(np.mean([t.response_length for t in trajs])),
+            "train/turns": float(np.mean([t.num_turns for t in trajs])),
+            "train/truncated_frac": float(np.mean([t.truncated for t in trajs])),
+            "train/groups_with_signal": float((_group_std(rewards, group_ids) > 0).float().mean()),
+            "train/adv_abs_mean": adv.abs().mean().item(),
+            "train/lr": scheduler.get_last_lr()[0],
+            **upd,
+            "time/generate_s": rstats.generate_s,
+            "time/verify_s": rstats.env_s,
+            "time/score_s": t_score,
+            "time/update_s": t_update,
+            "time/step_s": time.perf_counter() - t_step,
+        }
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.total_steps:
+            metrics.update(_evaluate(cfg, engine, envs, catalog))
+        if done == cfg.total_steps:
+            metrics.update(_evaluate(cfg, engine, envs, catalog))
+        logger.log(done, metrics)
+        bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", pass_=f"{metrics['train/pass_rate']:.2f}",
+                        **({"eval": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.total_steps:
+            last_ckpt = ckpt.save_checkpoint(
+                out / "checkpoints", step=done, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                scheduler=scheduler, state=ckpt.TrainState(done, cfg.model_dump(mode="json"), best), peers=peers,
+                metrics_file=logger.path, keep=cfg.keep_checkpoints,
+            )
+    bar.close()
+
+    rows = logger.rows()
+    evals = [r["eval/pass@1"] for r in rows if "eval/pass@1" in r]
+    plot = plot_run(rows, out / "training.png", f"{cfg.algorithm} on {', '.join(cfg.envs)} ({cfg.model})") if rows else None
+    logger.close()
+    for env in envs:
+        env.close()
+    return TrainResult(out, last_ckpt, metrics, eval_before, evals[-1] if evals else None, plot)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers, each with one job
+
+
+def _load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
+    """The policy to train: from a checkpoint when resuming, else the configured model (warm-starting `tiny`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from amrsd_train import models
+
+    if checkpoint_model is not None:
+        folder = checkpoint_model
+    else:
+        try:
+            folder = models.resolve_model(cfg.model)
+        except models.ModelNotBuiltError:
+            if cfg.model != "tiny":
+                raise
+            from amrsd_train.sft import warm_start
+
+            folder = warm_start(cfg.warm_start, tasks_dir=cfg.tasks_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, cfg.dtype)).to(cfg.device)
+    return model, tokenizer
+
+
+class _TaskSampler:
+    """Train-split task ids for a step: a pure function of (seed, step), so a resumed run draws the same tasks."""
+
+    def __init__(self, catalog: TaskCatalog, seed: int):
+        self.catalog, self.seed = catalog, seed
+        self.family_ids = sorted(f.id for f in catalog)
+
+    def sample(self, step: int, n: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, step])
+        out: list[str] = []
+        while len(out) < n:
+            fam = self.catalog[self.family_ids[int(rng.integers(len(self.family_ids)))]]
+            idx = int(rng.integers(len(fam)))
+            if fam.split_of(idx) == "train":
+                out.append(fam.instance(idx).id)
+        return out
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return int(np.random.default_rng([seed, step, 7]).integers(2**31))
+
+
+def _catalog(cfg: TrainConfig) -> TaskCatalog:
+    domains = {amrsd_envs.ENV_IDS.get(e, "?") for e in cfg.envs}
+    unknown = [e for e in cfg.envs if e not in amrsd_envs.ENV_IDS]
+    if unknown:
+        raise ValueError(f"unknown env id(s) {unknown}; valid: {sorted(amrsd_envs.ENV_IDS)}")
+    full = load_tasks(cfg.tasks_dir, difficulty=cfg.difficulty)
+    fams = [f for f in full if None in domains or f.spec.domain in domains]
+    catalog = TaskCatalog(fams)
+    return catalog.select(families=cfg.families) if cfg.families else catalog
+
+
+def _resume_path(cfg: TrainConfig, root: Path) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return ckpt.latest_checkpoint(root)
+    path = Path(cfg.resume)
+    if not (path / ckpt.MARKER).exists():
+        raise ValueError(f"resume={cfg.resume!r} is not a complete checkpoint folder")
+    return path
+
+
+def _lr_lambda(cfg: TrainConfig):
+    total, warm = cfg.total_steps * cfg.ppo_epochs * cfg.mini_batches, cfg.lr_warmup_steps
+
+    def f(k: int) -> float:
+        if warm and k < warm:
+            return (k + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        frac = min(1.0, (k - warm) / max(1, total - warm))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.lr_schedule == "cosine" else 1.0 - frac
+
+    return f
+
+
+def _frozen_copy(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _collate(trajs: list[Trajectory], device: str) -> dict[str, torch.Tensor]:
+    """Right-padded [B, T] tensors of the trajectories (masks 0 on padding)."""
+    T = max(len(t.input_ids) for t in trajs)
+    B = len(trajs)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    attn = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.float32)
+    old = torch.zeros(B, T, dtype=torch.float32)
+    for i, t in enumerate(trajs):
+        n = len(t.input_ids)
+        ids[i, :n] = torch.tensor(t.input_ids)
+        attn[i, :n] = 1
+        mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        old[i, :n] = torch.tensor(t.old_logprobs, dtype=torch.float32)
+    # position t of logp/mask refers to predicting ids[t] from ids[<t]; column 0 is never a target
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": mask[:, 1:].to(device),
+            "old_logp": old[:, 1:].to(device)}
+
+
+def _logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, no_grad: bool, rows=None,
+              with_entropy: bool = False):
+    ids = batch["input_ids"] if rows is None else batch["input_ids"][rows]
+    attn = batch["attention_mask"] if rows is None else batch["attention_mask"][rows]
+    with torch.set_grad_enabled(not no_grad):
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        if with_entropy:
+            return logp, entropy_from_logits(logits.detach())
+    return logp
+
+
+def _update(cfg: TrainConfig, model, optimizer, scheduler, batch, adv, ref_logp, step: int) -> dict[str, float]:
+    B = adv.shape[0]
+    mb_size = B // cfg.mini_batches
+    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step) + 1)
+    sums: dict[str, list[float]] = {}
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=gen)
+        for m in range(cfg.mini_batches):
+            mb = order[m * mb_size:(m + 1) * mb_size]
+            optimizer.zero_grad(set_to_none=True)
+            mb_tokens = batch["loss_mask"][mb].sum().clamp(min=1)
+            for c in range(0, len(mb), cfg.micro_batch_size):
+                rows = mb[c:c + cfg.micro_batch_size]
+                logp, ent = _logprobs(model, batch, no_grad=False, rows=rows, with_entropy=True)
+                mask = batch["loss_mask"][rows]
+                loss, stats = policy_loss(logp, batch["old_logp"][rows], adv[rows].to(logp.device), mask,
+                                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                                          agg=cfg.loss_agg)
+                if ref_logp is not None:
+                    kl_tok = kl_penalty(logp, ref_logp[rows], cfg.kl_kind)
+                    kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
+                    loss = loss + cfg.kl_coef * kl
+                    stats = {**stats, "actor/kl_ref": kl.item()}
+                # weight micro-batches so the accumulated gradient equals the mini-batch's
+                weight = (mask.sum() / mb_tokens) if cfg.loss_agg == "token-mean" else len(rows) / len(mb)
+                (loss * weight).backward()
+                stats = {**stats, "actor/entropy": ((ent * mask).sum() / mask.sum().clamp(min=1)).item(),
+                         "actor/loss": loss.item()}
+                for k, v in stats.items():
+                    sums.setdefault(k, []).append(float(v))
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            sums.setdefault("actor/grad_norm", []).append(float(grad_norm))
+            optimizer.step()
+            scheduler.step()
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def _group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    return torch.stack([rewards[group_ids == g].std(unbiased=False) for g in group_ids.unique()])
+
+
+def _evaluate(cfg: TrainConfig, engine, envs, catalog: TaskCatalog) -> dict[str, float]:
+    """pass@1 (and pass@k) on held-out tasks: the first test instances of each family, round-robin."""
+    base = envs[0].unwrapped
+    task_ids = base.task_ids("test", cfg.eval_tasks)
+    params = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+                            stop_strings=STOP_STRINGS, seed=cfg.seed)
+    saved = [e.unwrapped.peer_buffer for e in envs]
+    for e in envs:
+        e.unwrapped.peer_buffer = None  # held-out episodes must not become peers
+    try:
+        trajs, _ = run_group_rollouts(engine, envs, task_ids, cfg.eval_k, params,
+                                      max_total_tokens=cfg.max_total_tokens, seed=cfg.seed + 10_000)
+    finally:
+        for e, b in zip(envs, saved):
+            e.unwrapped.peer_buffer = b
+    by_task: dict[str, list[bool]] = {}
+    for t in trajs:
+        by_task.setdefault(t.task_id, []).append(t.correct)
+    p1 = float(np.mean([pass_at_k(len(v), sum(v), 1) for v in by_task.values()]))
+    out = {"eval/pass@1": p1}
+    if cfg.eval_k > 1:
+        out[f"eval/pass@{cfg.eval_k}"] = float(np.mean([pass_at_k(len(v), sum(v), cfg.eval_k) for v in by_task.values()]))
+    return out
