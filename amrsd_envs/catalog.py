@@ -27,6 +27,7 @@ from amrsd_envs import expressions
 from amrsd_envs.errors import SpecIssue, TaskSpecError
 from amrsd_envs.expressions import Val
 from amrsd_envs.spec import (
+    WorldSpec,
     ChoiceParam,
     FloatParam,
     IntParam,
@@ -77,6 +78,12 @@ class TaskInstance:
     format_penalty: float = 0.0
     difficulty: int = 1
     params: dict[str, Any] = field(default_factory=dict)
+    derived: dict[str, str] = field(default_factory=dict)  # derived values as text, for oracle/world templates
+    world: WorldSpec | None = None  # the family's world with its templates rendered for this instance
+
+    def template_values(self) -> dict[str, Any]:
+        """Values oracle and world templates may use: parameters, derived values, and ``answer``."""
+        return {**self.params, **self.derived, "answer": self.answer}
 
     def messages(self) -> list[dict[str, str]]:
         """The opening conversation: system + user."""
@@ -202,8 +209,13 @@ class TaskFamily:
         spec = self.spec
         if spec.world is not None and spec.world.sqlite is not None:
             self._check_template(issues, "world.sqlite.seed", spec.world.sqlite.seed, names)
+        if spec.world is not None and spec.world.http is not None:
+            self._check_template(issues, "world.http.seed", spec.world.http.seed, names)
         for k, step in enumerate(spec.oracle or []):
             self._check_template(issues, f"oracle.{k}.content", step.content, names | {"answer"})
+            for c, call in enumerate(step.tool_calls):
+                for path, text in _string_leaves(call.get("arguments", {}), f"oracle.{k}.tool_calls.{c}.arguments"):
+                    self._check_template(issues, path, text, names | {"answer"})
 
     def _check_template(self, issues: list[SpecIssue], loc: str, template: str | None, names: set[str]) -> None:
         if template is None:
@@ -277,6 +289,7 @@ class TaskFamily:
             options=options,
             split=self.split_of(index),
             params=dict(item.params),
+            world=self._render_world({**item.params, "answer": item.answer}),
         )
 
     # generator ----------------------------------------------------------------------------------------------
@@ -369,7 +382,22 @@ class TaskFamily:
             options=options,
             split=self._split_from_key(_canonical(params)),
             params=params,
+            derived={k: str(values[k]) for k in self.spec.generator.derived},  # type: ignore[union-attr]
+            world=self._render_world(tvals),
         )
+
+    def _render_world(self, values: dict[str, Any]) -> WorldSpec | None:
+        world = self.spec.world
+        if world is None:
+            return None
+        update: dict[str, Any] = {}
+        if world.sqlite is not None:
+            update["sqlite"] = world.sqlite.model_copy(
+                update={"seed": _render(world.sqlite.seed, values, "world.sqlite.seed")}
+            )
+        if world.http is not None:
+            update["http"] = world.http.model_copy(update={"seed": _render(world.http.seed, values, "world.http.seed")})
+        return world.model_copy(update=update)
 
     # dataset ------------------------------------------------------------------------------------------------
 
@@ -467,6 +495,17 @@ def _level_value(value: Any, level: int, loc: str) -> Any:
     if not lower:
         raise _InstanceError(loc, f"no range for difficulty level {level}; levels given: {sorted(value)}")
     return value[max(lower)]
+
+
+def _string_leaves(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _string_leaves(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _string_leaves(v, f"{path}.{i}")
 
 
 def _canonical(params: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from amrsd_envs.catalog import TaskCatalog, TaskInstance
 def oracle_messages(task: TaskInstance, catalog: TaskCatalog) -> list[str]:
     """The assistant messages of the oracle trajectory, in order (the last one is the final answer)."""
     spec = catalog[task.family_id].spec
-    values: dict[str, Any] = {**task.params, "answer": task.answer}
+    values = task.template_values()
     if spec.oracle:
         from amrsd_envs.toolcalls import ToolCall, render_tool_calls
 
