@@ -13,6 +13,7 @@ Helpers available inside expressions:
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import math
@@ -112,6 +113,8 @@ class _Name(sympy.Symbol):
     the helpers below return it unevaluated, so ``molar_mass(formula)`` over a choice parameter checks without a
     real formula. Only ``compile_expr`` creates these; evaluation sees the sampled values."""
 
+    __iter__ = None  # __getitem__ alone would make iter() loop forever (sympy's `iterable()` calls it)
+
     def __getitem__(self, key: Any) -> "_Name":
         return self
 
@@ -185,24 +188,30 @@ _TRANSFORMS = standard_transformations + (convert_xor,)
 _FORBIDDEN = re.compile(r"__|\blambda\b|\bimport\b|\bexec\b|\beval\b|\bopen\b|\bgetattr\b")
 
 
-def compile_expr(text: str, names: set[str]) -> sympy.Basic:
-    """Parse ``text`` with the given free names as symbols; raise ValueError naming undefined names.
+def compile_expr(text: str, names: set[str]) -> None:
+    """Check ``text`` statically: valid syntax, no attribute access or dunders, every name defined.
 
-    Returns the parsed expression with the names as sympy Symbols (evaluate with :func:`evaluate`)."""
+    Nothing is evaluated (functions such as ``gcd`` misbehave on free symbols); values come later via
+    :func:`evaluate`. Raises ValueError naming the problem."""
     if _FORBIDDEN.search(text):
         raise ValueError(f"expression {text!r} uses a forbidden construct")
-    local = {n: _Name(n) for n in names}
     try:
-        expr = parse_expr(text, local_dict=local, global_dict=_NS, transformations=_TRANSFORMS, evaluate=False)
-    except Exception as exc:  # sympy raises many types for bad syntax
-        raise ValueError(f"cannot parse expression {text!r}: {type(exc).__name__}: {exc}") from None
-    if isinstance(expr, sympy.Basic):
-        unknown = {s.name for s in expr.free_symbols} - names
-        if unknown:
-            raise ValueError(
-                f"expression {text!r} uses undefined name(s) {sorted(unknown)}; defined: {sorted(names)}"
-            )
-    return expr
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"cannot parse expression {text!r}: {exc.msg}") from None
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            raise ValueError(f"expression {text!r} uses attribute access ({node.attr}); call functions instead")
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.GeneratorExp, ast.DictComp, ast.SetComp, ast.NamedExpr)):
+            raise ValueError(f"expression {text!r} uses a comprehension/lambda; write a plain expression")
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+    unknown = used - names - set(_NS)
+    if unknown:
+        raise ValueError(
+            f"expression {text!r} uses undefined name(s) {sorted(unknown)}; defined: {sorted(names)}"
+        )
 
 
 def to_sympy(value: Any) -> Any:
