@@ -163,7 +163,7 @@ class TaskFamily:
         file = str(self.source)
         if spec.generator is not None:
             gen = spec.generator
-            names = set(gen.params)
+            names = set(gen.params) | {"difficulty"}
             for name, text in gen.derived.items():
                 try:
                     expressions.compile_expr(text, names)

@@ -23,9 +23,8 @@ from typing import Any
 
 import sympy
 from sympy.parsing.sympy_parser import (
+    stringify_expr,
     convert_xor,
-    implicit_multiplication_application,
-    parse_expr,
     standard_transformations,
 )
 
@@ -106,34 +105,13 @@ def parse_formula(formula: str) -> dict[str, int]:
     return total
 
 
-class _Name(sympy.Symbol):
-    """A family's parameter/derived name while an expression is only being checked (``compile_expr``).
-
-    Subscripting gives the name back, so a mapping choice's field (``sub["Ka"]``) checks like the name itself, and
-    the helpers below return it unevaluated, so ``molar_mass(formula)`` over a choice parameter checks without a
-    real formula. Only ``compile_expr`` creates these; evaluation sees the sampled values."""
-
-    __iter__ = None  # __getitem__ alone would make iter() loop forever (sympy's `iterable()` calls it)
-
-    def __getitem__(self, key: Any) -> "_Name":
-        return self
-
-
-def _placeholder(*args: Any) -> "_Name | None":
-    return next((a for a in args if isinstance(a, _Name)), None)
-
-
 def molar_mass(formula: Any) -> sympy.Float:
-    if (name := _placeholder(formula)) is not None:
-        return name
     table = element_table()
     counts = parse_formula(str(formula))
     return sympy.Float(sum(float(table[el]["mass"]) * n for el, n in counts.items()), 15)
 
 
 def const(name: Any) -> sympy.Float:
-    if (placeholder := _placeholder(name)) is not None:
-        return placeholder
     table = constants_table()
     key = str(name)
     if key not in table:
@@ -144,8 +122,6 @@ def const(name: Any) -> sympy.Float:
 
 
 def element(symbol: Any, field: Any) -> Any:
-    if (name := _placeholder(symbol, field)) is not None:
-        return name
     row = element_table().get(str(symbol))
     if row is None:
         raise ValueError(f"unknown element {symbol!r}")
@@ -156,10 +132,6 @@ def element(symbol: Any, field: Any) -> Any:
 
 
 def roundsig(x: Any, n: Any) -> sympy.Float:
-    if isinstance(x, sympy.Basic) and any(isinstance(s, _Name) for s in x.free_symbols):
-        return x
-    if (name := _placeholder(n)) is not None:
-        return name
     v = float(x)
     if v == 0:
         return sympy.Float(0)
@@ -231,15 +203,23 @@ def evaluate(text: str, values: dict[str, Any]) -> Any:
     """Evaluate expression ``text`` with the given values (python or sympy objects)."""
     if _FORBIDDEN.search(text):
         raise ValueError(f"expression {text!r} uses a forbidden construct")
-    local = {}
-    for k, v in values.items():
-        local[k] = v.value if isinstance(v, Val) else v
+    local = {k: (v.value if isinstance(v, Val) else v) for k, v in values.items()}
     # strings (chemical formulas, names) are passed through as plain Python strings
     try:
-        out = parse_expr(text, local_dict=local, global_dict=_NS, transformations=_TRANSFORMS, evaluate=True)
+        code = _compiled(text, frozenset(local))
+        return eval(code, dict(_NS), local)  # noqa: S307 - code came from sympy's parser over a checked expression
     except Exception as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
-    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str, names: frozenset[str]) -> Any:
+    """sympy's transformation of ``text`` into Python, compiled once per (expression, defined names).
+
+    Tokenizing and transforming dominate the cost of an evaluation; generators evaluate the same few expressions
+    for thousands of instances."""
+    local = {n: None for n in names}
+    return compile(stringify_expr(text, local, _NS, _TRANSFORMS), "<task-expr>", "eval")
 
 
 def format_number(value: Any, sig: int) -> str:
@@ -247,6 +227,7 @@ def format_number(value: Any, sig: int) -> str:
     v = float(sympy.N(value, sig + 5))
     if not math.isfinite(v):
         raise ValueError(f"value {value} is not finite")
+    v = float(f"{v:.{sig - 1}e}")  # round to sig significant digits first (719622047 -> 719600000 at sig 4)
     if v == 0:
         return "0"
     exp = int(math.floor(math.log10(abs(v))))
