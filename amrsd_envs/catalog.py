@@ -295,10 +295,14 @@ class TaskFamily:
     # generator ----------------------------------------------------------------------------------------------
 
     def _draw(self, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Parameters and derived values of instance ``index`` (resampling until the constraints hold)."""
+        """Parameters and derived values of instance ``index`` (resampling until the constraints hold).
+
+        Each constraint is checked as soon as every name it uses is defined, so a derived value that only exists
+        for accepted draws (``mod_inverse(a, n)`` needs gcd(a, n) = 1) is never computed for rejected ones."""
         gen = self.spec.generator
         assert gen is not None  # guarded by the caller's kind dispatch
         level = self.difficulty
+        schedule = self._constraint_schedule()
         for attempt in range(gen.max_attempts):
             rng = random.Random(f"{gen.seed}:{index}:{attempt}")
             params: dict[str, Any] = {}
@@ -306,26 +310,15 @@ class TaskFamily:
                 params[name] = _sample_param(p, rng, level, f"generator.params.{name}")
             values: dict[str, Any] = {k: expressions.to_sympy(v) for k, v in params.items()}
             values["difficulty"] = sympy.Integer(level)
+            ok = self._constraints_hold(schedule[None], values)
             for name, text in gen.derived.items():
+                if not ok:
+                    break
                 try:
                     values[name] = expressions.evaluate(text, values)
                 except ValueError as exc:
                     raise _InstanceError(f"generator.derived.{name}", f"evaluation failed: {exc}") from None
-            ok = True
-            for k, text in enumerate(gen.constraints):
-                try:
-                    result = expressions.evaluate(text, values)
-                except ValueError as exc:
-                    raise _InstanceError(f"generator.constraints.{k}", f"evaluation failed: {exc}") from None
-                if result not in (sympy.true, True) and not (
-                    isinstance(result, sympy.Basic) and result.is_Boolean and bool(result)
-                ):
-                    if result not in (sympy.false, False):
-                        raise _InstanceError(
-                            f"generator.constraints.{k}", f"constraint {text!r} is not a boolean (got {result})"
-                        )
-                    ok = False
-                    break
+                ok = self._constraints_hold(schedule[name], values)
             if ok:
                 return params, values
         raise _InstanceError(
@@ -333,6 +326,32 @@ class TaskFamily:
             f"no sample satisfied the constraints within max_attempts={gen.max_attempts} (instance {index}); "
             "widen the ranges or relax the constraints",
         )
+
+    def _constraint_schedule(self) -> dict[str | None, list[tuple[int, str]]]:
+        """Constraints keyed by the derived value after which they can run (None: right after the params)."""
+        gen = self.spec.generator
+        assert gen is not None
+        order = list(gen.derived)
+        schedule: dict[str | None, list[tuple[int, str]]] = {None: [], **{n: [] for n in order}}
+        for k, text in enumerate(gen.constraints):
+            used = expressions.names_in(text) & set(order)
+            last = max(used, key=order.index) if used else None
+            schedule[last].append((k, text))
+        return schedule
+
+    @staticmethod
+    def _constraints_hold(constraints: list[tuple[int, str]], values: dict[str, Any]) -> bool:
+        for k, text in constraints:
+            try:
+                result = expressions.evaluate(text, values)
+            except ValueError as exc:
+                raise _InstanceError(f"generator.constraints.{k}", f"evaluation failed: {exc}") from None
+            if result in (sympy.true, True):
+                continue
+            if result in (sympy.false, False):
+                return False
+            raise _InstanceError(f"generator.constraints.{k}", f"constraint {text!r} is not a boolean (got {result})")
+        return True
 
     def _gold(self, params: dict[str, Any], values: dict[str, Any], tvals: dict[str, Any]) -> str:
         ans = self.spec.answer

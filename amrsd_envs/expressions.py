@@ -186,6 +186,12 @@ def compile_expr(text: str, names: set[str]) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def names_in(text: str) -> frozenset[str]:
+    """Names an expression refers to (its syntax was checked at load by :func:`compile_expr`)."""
+    return frozenset(n.id for n in ast.walk(ast.parse(text.strip(), mode="eval")) if isinstance(n, ast.Name))
+
+
 def to_sympy(value: Any) -> Any:
     """A parameter value as an exact sympy object (floats through their decimal text, so 0.1 stays 1/10)."""
     if isinstance(value, bool):
