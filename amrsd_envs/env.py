@@ -10,7 +10,7 @@ import gymnasium as gym
 from amrsd_envs.catalog import Split, TaskCatalog, TaskInstance, load_tasks
 from amrsd_envs.peers import PeerBuffer
 from amrsd_envs.spaces import Conversation, Utterance, copy_messages
-from amrsd_envs.verifiers import Verification, check
+from amrsd_envs.verifiers import VERIFIERS, Verification, check
 
 
 class AMRSDEnv(gym.Env[list, str]):
@@ -255,13 +255,9 @@ class AMRSDEnv(gym.Env[list, str]):
 
     def _verify(self, task: TaskInstance, text: str) -> Verification:
         options = dict(task.verifier_options)
-        if self._tool_session is not None and getattr(self._tool_session, "world", None) is not None:
-            options["world"] = self._tool_session.world
-        elif task.verifier == "world_state":
-            from amrsd_envs.tools import ToolSession
-
-            self._tool_session = ToolSession.for_task(task, sandbox_factory=self._get_sandbox)
-            options["world"] = self._tool_session.world
+        # Only kinds that declare a `world` option (world_state) get the world; `math` & co. reject unknown options.
+        if "world" in VERIFIERS[task.verifier].options_model.model_fields and task.world is not None:
+            options["world"] = self._tools(task).world  # a fresh world when the agent never called a tool
         return check(task.verifier, task.answer, text, **options)
 
     def _finish(

@@ -164,7 +164,11 @@ class InventoryService:
         server = server_class((self._host, self._requested_port), handler)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="inventory-service", daemon=True)
+        # A short poll interval: stop() (server.shutdown) waits up to one interval, and the env stops a service
+        # after every episode (the default 0.5 s made each http episode cost half a second).
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="inventory-service", daemon=True
+        )
         self._thread.start()
         return self
 

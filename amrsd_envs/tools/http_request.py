@@ -30,7 +30,8 @@ class HttpRequestArgs(BaseModel):
 
     method: Literal["GET", "POST", "PUT", "DELETE"] = Field(description="HTTP method.")
     url: str = Field(
-        description="Absolute http(s) URL on a host this task allows, e.g. 'http://127.0.0.1:8000/items'.",
+        description="A path on this task's service, e.g. '/items' (resolved against its base URL), or an absolute "
+        "http(s) URL on a host this task allows.",
         min_length=1,
         max_length=2_000,
     )
@@ -102,6 +103,11 @@ def perform_request(ctx: ToolContext, method: str, url: str, json_body: dict[str
     """Send the request under the host policy; the status line, content type and body as text."""
     import httpx
 
+    if url.startswith("/"):
+        # The task's service runs on a port chosen at run time, so prompts and oracles name paths, not hosts.
+        if ctx.http_base_url is None:
+            raise ToolError(f"{url!r} is a path, but this task has no service to resolve it against; use a full URL")
+        url = ctx.http_base_url.rstrip("/") + url
     target = check_url_allowed(url, ctx.allowed_hosts)
     request_method, body = method, json_body
     with httpx.Client(timeout=ctx.http_timeout_s, follow_redirects=False, trust_env=False) as client:

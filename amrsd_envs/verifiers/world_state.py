@@ -45,7 +45,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from amrsd_envs.verifiers.base import (
-    CORRECT_FEEDBACK,
     BuiltinVerifier,
     Verification,
     VerifierOptions,
@@ -140,10 +139,17 @@ class WorldStateOptions(VerifierOptions):
 
 @dataclasses.dataclass(frozen=True)
 class StateCheck:
-    """The outcome of one state check: what was observed (JSON types) and the first difference, if any."""
+    """The outcome of one state check: what was observed (JSON types), the first difference (None when equal) and,
+    for SQL, the observed rows that match no gold row (what the summary shows first)."""
 
     observed: Any
     difference: str | None
+    unmatched: list[Any] | None = None
+
+    def summary(self) -> str:
+        if self.unmatched:
+            return f"{len(self.unmatched)} unexpected row(s) {_json(self.unmatched)}"
+        return _json(self.observed)
 
 
 class WorldStateVerifier(BuiltinVerifier):
@@ -161,12 +167,12 @@ class WorldStateVerifier(BuiltinVerifier):
         summary: list[str] = []
         if options.sql is not None:
             result = check_sql(world, options.sql, expected["sql"], options)
-            summary.append(f"sql: {_json(result.observed)}")
+            summary.append(f"sql: {result.summary()}")
             if result.difference:
                 problems.append(f"database: {result.difference}")
         if options.service is not None:
             result = check_service(world, options.service, expected["service"], options)
-            summary.append(f"{options.service}: {_json(result.observed)}")
+            summary.append(f"{options.service}: {result.summary()}")
             if result.difference:
                 problems.append(f"service state: {result.difference}")
         if options.also_answer is not None:
@@ -177,7 +183,7 @@ class WorldStateVerifier(BuiltinVerifier):
         extracted = _cut("; ".join(summary))
         if problems:
             return Verification.wrong(extracted, "; ".join(problems))
-        return Verification(correct=True, score=1.0, extracted=extracted, feedback=CORRECT_FEEDBACK)
+        return Verification.right(extracted)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,7 +209,8 @@ def parse_gold(gold: str, options: WorldStateOptions) -> dict[str, Any]:
         missing, extra = sorted(set(keys) - set(value)), sorted(set(value) - set(keys))
         if missing or extra:
             raise ValueError(
-                f"world_state: gold keys must be exactly {keys}; missing {missing or 'none'}, unexpected {extra or 'none'}"
+                f"world_state: gold keys must be exactly {keys}; "
+                f"missing {missing or 'none'}, unexpected {extra or 'none'}"
             )
         out = dict(value)
     if "sql" in out:
@@ -237,18 +244,21 @@ def check_sql(world: Any, query: str, expected: list[list[Any]], options: WorldS
     if len(observed) < len(expected):
         return StateCheck(observed, "the check query returns fewer rows than expected")
     if ordered:
-        for exp_row, obs_row in zip(expected, observed):
-            diff = _row_difference(exp_row, obs_row, columns, options)
-            if diff:
-                return StateCheck(observed, diff)
-        return StateCheck(observed, None)
+        diffs = [(_row_difference(e, o, columns, options), o) for e, o in zip(expected, observed)]
+        wrong = [row for diff, row in diffs if diff]
+        first = next((diff for diff, _ in diffs if diff), None)
+        return StateCheck(observed, first, wrong)
     unmatched = list(observed)
+    first = None
     for exp_row in expected:
-        hit = next((k for k, row in enumerate(unmatched) if _row_difference(exp_row, row, columns, options) is None), None)
+        hit = next(
+            (k for k, row in enumerate(unmatched) if _row_difference(exp_row, row, columns, options) is None), None
+        )
         if hit is None:
-            return StateCheck(observed, _unordered_miss(exp_row, unmatched, columns, options))
-        unmatched.pop(hit)
-    return StateCheck(observed, None)
+            first = first or _unordered_miss(exp_row, unmatched, columns, options)
+        else:
+            unmatched.pop(hit)
+    return StateCheck(observed, first, unmatched if first else [])
 
 
 def _read_rows(path: Path, query: str, options: WorldStateOptions) -> tuple[list[str], list[list[Any]]] | str:
@@ -277,7 +287,9 @@ def _sql_value(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
 
 
-def _row_difference(expected: list[Any], observed: list[Any], columns: list[str], options: WorldStateOptions) -> str | None:
+def _row_difference(
+    expected: list[Any], observed: list[Any], columns: list[str], options: WorldStateOptions
+) -> str | None:
     if len(expected) != len(observed):
         return "the check query returns a different number of columns than the gold rows have"
     for k, (e, o) in enumerate(zip(expected, observed)):
@@ -287,7 +299,9 @@ def _row_difference(expected: list[Any], observed: list[Any], columns: list[str]
     return None
 
 
-def _unordered_miss(expected: list[Any], candidates: list[list[Any]], columns: list[str], options: WorldStateOptions) -> str:
+def _unordered_miss(
+    expected: list[Any], candidates: list[list[Any]], columns: list[str], options: WorldStateOptions
+) -> str:
     """Feedback for an expected row with no equal observed row: name the columns of the closest candidate that
     differ (closest = most equal columns), so the agent learns *what* is wrong without the value."""
     best: list[str] | None = None
