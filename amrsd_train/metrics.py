@@ -15,7 +15,7 @@ class MetricsLogger:
         self.path = out_dir / "metrics.jsonl"
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] < resume_step]
+            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
             self.path.write_text("".join(k + "\n" for k in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()

@@ -38,6 +38,7 @@ EMBEDDED_MODELS: tuple[str, ...] = ("tiny", "smollm2-135m")
 """Names :func:`resolve_model` knows besides local paths."""
 
 CHAT_TEMPLATE_PATH = Path(__file__).parent / "chat_templates" / "hermes_tools.jinja"
+COMPACT_TOOLS_BLOCK_PATH = Path(__file__).parent / "chat_templates" / "compact_tools_block.jinja"
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -202,13 +203,25 @@ def read_metadata(folder: str | Path) -> EmbeddedModelInfo | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def chat_template() -> str:
-    """The Hermes/Qwen2.5-style Jinja chat template shared by the embedded models."""
-    return CHAT_TEMPLATE_PATH.read_text()
+def chat_template(style: str = "full") -> str:
+    """The Hermes/Qwen2.5-style Jinja chat template shared by the embedded models.
+
+    ``style="full"`` lists each tool's JSON schema (as Qwen2.5 does); ``"compact"`` lists one-line signatures
+    ``name(arg, ...)`` instead, for the embedded tiny model, whose compute would otherwise go mostly to reading the
+    same 400-token schema in every prompt. Everything else (turn layout, tool calls, prefix stability) is identical.
+    """
+    text = CHAT_TEMPLATE_PATH.read_text()
+    if style == "full":
+        return text
+    if style != "compact":
+        raise ValueError(f"unknown chat template style {style!r}; use 'full' or 'compact'")
+    start, end = "    {#- TOOLS-BLOCK -#}\n", "    {#- /TOOLS-BLOCK -#}\n"
+    i, j = text.index(start) + len(start), text.index(end)
+    return text[:i] + COMPACT_TOOLS_BLOCK_PATH.read_text() + text[j:]
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_template():  # noqa: ANN202
+@functools.lru_cache(maxsize=2)
+def _compiled_template(style: str = "full"):  # noqa: ANN202
     """The template compiled with the same Jinja setup as ``transformers`` (only for the builtin corpus,
     made before a tokenizer exists; everything else goes through ``tokenizer.apply_chat_template``)."""
     from jinja2.exceptions import TemplateError
@@ -223,11 +236,14 @@ def _compiled_template():  # noqa: ANN202
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(chat_template())
+    return env.from_string(chat_template(style))
 
 
-def _render_chat(messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False) -> str:
-    return _compiled_template().render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
+def render_chat(
+    messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False, style: str = "full"
+) -> str:
+    """Render a conversation with the shared template without a tokenizer (e.g. to build a tokenizer corpus)."""
+    return _compiled_template(style).render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +320,7 @@ def builtin_corpus() -> list[str]:
                 {"role": "tool", "content": json.dumps({"result": str(result)})},
                 {"role": "assistant", "content": f"The calculator says {result}, so \\boxed{{{result}}}."},
             ]
-            texts.append(_render_chat(messages, tools=_BUILTIN_TOOLS))
+            texts.append(render_chat(messages, tools=_BUILTIN_TOOLS))
         else:
             snippet = _LATEX_SNIPPETS[i % len(_LATEX_SNIPPETS)]
             unit = _UNIT_SNIPPETS[i % len(_UNIT_SNIPPETS)]
@@ -313,7 +329,7 @@ def builtin_corpus() -> list[str]:
                 {"role": "user", "content": f"{question} Also recall ${snippet}$ and {unit}."},
                 {"role": "assistant", "content": f"{a} {symbol} {b} = {result}.\nThe answer is \\boxed{{{result}}}."},
             ]
-            texts.append(_render_chat(messages, add_generation_prompt=False))
+            texts.append(render_chat(messages, add_generation_prompt=False))
         texts.append(f"<hint>Which operation does the question ask for? Recheck the step with {symbol}.</hint>")
     return texts
 
@@ -412,7 +428,7 @@ def train_tiny_tokenizer(
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = chat_template()
+    tokenizer.chat_template = chat_template("compact")
     return TrainedTokenizer(tokenizer=tokenizer, corpus_sha256=hasher.hexdigest())
 
 

@@ -139,6 +139,11 @@ def run_group_rollouts(
         stats.env_s += time.perf_counter() - t0
         traj = Trajectory(task_id=tid, group_id=first_group_id + gi)
         ids = chat.prompt_ids(messages, info["tools"])
+        if len(ids) >= max_total_tokens:
+            raise ValueError(
+                f"the prompt of {tid} is {len(ids)} tokens, not below max_total_tokens={max_total_tokens}; "
+                "raise max_total_tokens (the system prompt includes the tool schemas)"
+            )
         traj.extend(ids, generated=False)
         traj.prompt_len = len(ids)
         trajs.append(traj)

@@ -142,7 +142,9 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
     out = Path(cfg.output) if cfg.output else models.tiny_model_dir()
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.init == "build_tiny":
-            corpus = [json.dumps(m, ensure_ascii=False) for msgs, _ in demos for m in msgs]
+            # the tokenizer learns from the conversations exactly as the template renders them (tool schemas
+            # included), so the fixed parts of every prompt compress into few tokens
+            corpus = [models.render_chat(msgs, tools, style="compact") for msgs, tools in demos]
             src = models.build_tiny_model(Path(tmp) / "init", corpus, seed=cfg.seed, vocab_size=cfg.vocab_size)
         else:
             if not cfg.model:

@@ -245,6 +245,48 @@ def verdicts(rows: list[Row]) -> list[str]:
     return out
 
 
+def env_rows(args: argparse.Namespace) -> list[Row]:
+    """Env steps/s of AMRSD-ToolUse-v0 driven by the oracle: every family, tools and verification included."""
+    import gymnasium as gym
+
+    import amrsd_envs  # noqa: F401
+    from amrsd_envs.oracle import OraclePolicy
+
+    rows = []
+    env = gym.make("AMRSD-ToolUse-v0", split="train")
+    policy = OraclePolicy(env)
+    for _ in range(5):  # warm-up: sandbox zygote, math workers, sympy/pint imports
+        obs, info = env.reset(seed=_)
+        done = False
+        while not done:
+            obs, _r, term, trunc, info = env.step(policy(obs, info.get("tools")))
+            done = term or trunc
+    latencies: list[float] = []
+    episodes = 0
+    wall = time.perf_counter()
+    for seed in range(args.env_episodes):
+        obs, info = env.reset(seed=1000 + seed)
+        done = False
+        while not done:
+            started = time.perf_counter()
+            obs, reward, term, trunc, info = env.step(policy(obs, info.get("tools")))
+            latencies.append(time.perf_counter() - started)
+            done = term or trunc
+        if reward != 1.0:
+            raise RuntimeError(f"oracle failed on {info['task_id']}")
+        episodes += 1
+    wall = time.perf_counter() - wall
+    env.close()
+    rows.append(Row(name="AMRSD-ToolUse-v0 oracle step", workers=1, calls=len(latencies),
+                    p50_ms=percentile(latencies, 50) * 1000, p95_ms=percentile(latencies, 95) * 1000,
+                    rate_per_s=len(latencies) / wall, unit="steps/s",
+                    note=f"{episodes} episodes, resets included in the rate"))
+    return rows
+
+
+register_rows("env", env_rows, kind="env")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per warm/plain configuration")
@@ -253,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="concurrent worker threads")
     parser.add_argument("--skip-docker", action="store_true", help="leave out the docker rows")
     parser.add_argument("--skip-env", action="store_true", help="leave out rows registered with kind 'env'")
+    parser.add_argument("--env-episodes", type=int, default=120, help="oracle episodes for the env steps/s row")
     args = parser.parse_args(argv)
     if not args.skip_docker:
         from amrsd_envs.sandbox.testing import docker_unavailable_reason

@@ -76,6 +76,8 @@ def tokenizer(tiny_dir: Path):
 
 
 def render(tokenizer, messages, **kwargs) -> str:
+    """Render with the full (Qwen2.5-style) template; the tiny tokenizer itself carries the compact variant."""
+    kwargs.setdefault("chat_template", models.chat_template())
     return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
@@ -95,7 +97,7 @@ def test_tiny_roundtrips_through_from_pretrained(tiny_dir: Path, tokenizer) -> N
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
     assert tokenizer.pad_token_id == 3 == config.pad_token_id
     assert set(model.generation_config.eos_token_id) == {tokenizer.convert_tokens_to_ids("<|im_end|>"), 0}
-    assert tokenizer.chat_template == models.chat_template()
+    assert tokenizer.chat_template == models.chat_template("compact")
     info = read_metadata(tiny_dir)
     assert info is not None and info.name == "tiny" and info.seed == 0 and info.vocab_size == len(tokenizer)
     # The loaded model is the saved one: a forward pass runs and gives finite logits of the right shape.
@@ -313,3 +315,17 @@ def test_smollm2_converts_once_and_generates(tmp_path: Path) -> None:
     assert torch.allclose(scored, torch.tensor(completion.logprobs), atol=1e-3)
     # A pretrained instruct model is confident in its own greedy answer; random weights would not be.
     assert sum(completion.logprobs) / len(completion.logprobs) > -3.0
+
+
+def test_compact_template_lists_signatures_and_keeps_the_turn_layout():
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "d" * 500,
+              "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "<tool_call>\n{}\n</tool_call>"}, {"role": "tool", "content": "7"}]
+    full = models.render_chat(msgs, tools)
+    compact = models.render_chat(msgs, tools, style="compact")
+    assert "calculator(expression)" in compact and "d" * 500 not in compact and "d" * 500 in full
+    # identical from the end of the system turn on
+    assert full[full.index("<|im_start|>user"):] == compact[compact.index("<|im_start|>user"):]
+    with pytest.raises(ValueError, match="compact"):
+        models.chat_template("tiny")
