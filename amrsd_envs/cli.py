@@ -13,6 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _console() -> Console:
+    """A console that does not squeeze tables to 80 columns when the output is a pipe or a file."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def tasks_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="amrsd-tasks", description="Inspect and validate AMR-SD task files.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -29,7 +35,7 @@ def tasks_main(argv: Sequence[str] | None = None) -> int:
     from amrsd_envs.errors import TaskSpecError
     from amrsd_envs.spec import task_spec_json_schema
 
-    console = Console()
+    console = _console()
     if args.cmd == "schema":
         text = json.dumps(task_spec_json_schema(), indent=2)
         if args.out:
@@ -116,15 +122,19 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         env_kwargs=env_kwargs,
         policy_options=options,
     )
-    console = Console()
+    console = _console()
     table = Table(title=f"{report.env_id} — policy {report.policy} — {report.split} split")
     table.add_column("family")
     table.add_column("tasks", justify="right")
     table.add_column("pass@1", justify="right")
-    table.add_column(f"pass@{report.k}", justify="right")
-    for fam, score in report.per_family.items():
-        table.add_row(fam, str(score.n_tasks), f"{100 * score.pass_at_1:.1f}%", f"{100 * score.pass_at_k:.1f}%")
-    table.add_row("[b]overall[/b]", str(report.n_tasks), f"{100 * report.pass_at_1:.1f}%", f"{100 * report.pass_at_k:.1f}%")
+    with_k = report.k > 1
+    if with_k:
+        table.add_column(f"pass@{report.k}", justify="right")
+    for name, n, p1, pk in [
+        *((fam, s.n_tasks, s.pass_at_1, s.pass_at_k) for fam, s in report.per_family.items()),
+        ("[b]overall[/b]", report.n_tasks, report.pass_at_1, report.pass_at_k),
+    ]:
+        table.add_row(name, str(n), f"{100 * p1:.1f}%", *([f"{100 * pk:.1f}%"] if with_k else []))
     console.print(table)
     if args.out:
         Path(args.out).write_text(report.model_dump_json(indent=2))
