@@ -43,8 +43,8 @@ DEFAULT_SYSTEM = {
     "\\boxed{...}.",
     "science": "You are a careful scientist. Solve the problem step by step, keep track of units, and give the "
     "final answer as \\boxed{...} with its unit.",
-    "tooluse": "You are an agent that solves tasks by calling the available tools. Call tools with "
-    "<tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>. When you are done, give the final answer as "
+    # how to write a tool call is the chat template's job (it renders the tools and the call format)
+    "tooluse": "Solve the task by calling the available tools. When you are done, give the final answer as "
     "\\boxed{...}.",
 }
 

@@ -130,6 +130,17 @@ class PeerBuffer:
             eid, tid, ans, ok, tr, step = row
             self._episodes[tid].append(PeerEpisode(tid, ans, bool(ok), tr, step, eid))
 
+    def load(self, path: str | Path) -> None:
+        """Add every episode of a snapshot written by :meth:`save` (a resumed run gets its peers back)."""
+        snapshot = PeerBuffer(self.per_task, path, self.transcript_chars)
+        try:
+            with snapshot._lock:
+                episodes = [ep for task in snapshot._episodes.values() for ep in task]
+        finally:
+            snapshot.close()
+        for ep in episodes:
+            self.add(ep)
+
     def save(self, path: str | Path) -> None:
         """Write a snapshot to a new SQLite file (used by trainer checkpoints)."""
         snapshot = PeerBuffer(self.per_task, path, self.transcript_chars)

@@ -75,9 +75,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         ckpt.set_rng_state(blobs["rng"])
         start_step, best = state.step, state.best
         if (resume_from / "peers.sqlite").exists():
-            for tid_peers in PeerBuffer(cfg.peers_per_task, resume_from / "peers.sqlite")._episodes.values():
-                for ep in tid_peers:
-                    peers.add(ep)
+            peers.load(resume_from / "peers.sqlite")
     logger = MetricsLogger(out, resume_step=start_step if resume_from else None, tensorboard=cfg.tensorboard)
     (out / "config.yaml").write_text(cfg.to_yaml())
 

@@ -162,3 +162,37 @@ def test_eval_cli_prints_table(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "overall" in out.stdout and "100.0%" in out.stdout
     assert (tmp_path / "r.json").exists()
+
+
+def test_peer_buffer_persists_and_snapshots(tmp_path):
+    db = tmp_path / "peers.sqlite"
+    with PeerBuffer(per_task=2, path=db) as buf:
+        for k in range(3):
+            buf.record("t/1", answer=str(k), correct=k == 1, transcript="x" * 5000, step=k)
+        buf.record("t/2", answer="9", correct=False, transcript="y")
+    with PeerBuffer(per_task=2, path=db) as again:  # a restarted process sees the same, bounded peers
+        assert [e.answer for e in again.episodes("t/1")] == ["1", "2"]
+        assert len(again.episodes("t/1")[0].transcript) < 5000
+        again.save(tmp_path / "snap.sqlite")
+    fresh = PeerBuffer(per_task=2)
+    fresh.load(tmp_path / "snap.sqlite")
+    assert fresh.successful_peer("t/1").answer == "1" and fresh.most_common_wrong_answer("t/2") == ("9", 1)
+
+
+def test_peer_buffer_is_thread_safe(tmp_path):
+    import threading
+
+    buf = PeerBuffer(per_task=50, path=tmp_path / "p.sqlite")
+
+    def work(w):
+        for k in range(100):
+            buf.record(f"t/{k % 3}", answer=f"{w}-{k}", correct=k % 2 == 0, transcript="t")
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(buf) == 150 and all(len(buf.episodes(f"t/{i}")) == 50 for i in range(3))
+    buf.close()
+    assert len(PeerBuffer(per_task=50, path=tmp_path / "p.sqlite")) == 150
