@@ -114,13 +114,14 @@ def test_grpo_smoke_parameters_change_and_outputs_written(tiny_calc, tmp_path):
     from amrsd_train import run
 
     before = AutoModelForCausalLM.from_pretrained(tiny_calc).state_dict()
-    cfg = base_config(tmp_path, tiny_calc, total_steps=2, checkpoint_every=0)
+    cfg = base_config(tmp_path, tiny_calc, total_steps=2, checkpoint_every=0, temperature=1.5, tasks_per_step=4)
     result = run(cfg)
+    rows = [json.loads(l) for l in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert max(r["train/groups_with_signal"] for r in rows[1:]) > 0, "no group had differing rewards"
     after = AutoModelForCausalLM.from_pretrained(result.checkpoint / "model").state_dict()
     changed = sum(not torch.equal(before[k], after[k]) for k in before)
     assert changed > len(before) // 2
-    rows = [json.loads(l) for l in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2]
     assert {"train/reward_mean", "train/pass_rate", "actor/pg_clipfrac", "actor/grad_norm", "time/generate_s",
             "actor/entropy"} <= set(rows[1])
     assert "eval/pass@1" in rows[0] and "eval/pass@1" in rows[-1]
