@@ -79,7 +79,7 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     ax.set_ylabel("reward / pass@1")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     phases = [k for k in ("time/generate_s", "time/verify_s", "time/score_s", "time/update_s") if train and k in train[0]]
     bottom = [0.0] * len(train)
     for k, color in zip(phases, ["#fdae6b", "#a1d99b", "#bcbddc", "#9ecae1"]):

@@ -108,8 +108,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         # 3. old (and reference) log-probs, scored once before the update
         t0 = time.perf_counter()
         batch = _collate(trajs, cfg.device)
-        if cfg.recompute_old_logprobs:
+        if cfg.recompute_old_logprobs and cfg.ppo_epochs * cfg.mini_batches > 1:
             batch["old_logp"] = _logprobs(model, batch, no_grad=True)
+        elif cfg.recompute_old_logprobs:
+            batch["old_logp"] = None  # one update per batch: the policy is still pi_old, ratio = 1 (as TRL/verl)
         ref_logp = _logprobs(ref_model, batch, no_grad=True) if ref_model is not None else None
         t_score = time.perf_counter() - t0
 
@@ -280,7 +282,8 @@ def _logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, no_grad
     attn = batch["attention_mask"] if rows is None else batch["attention_mask"][rows]
     with torch.set_grad_enabled(not no_grad):
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        # gather minus logsumexp: never materialises a second [B, T, V] tensor of log-probabilities
+        logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         if with_entropy:
             return logp, entropy_from_logits(logits.detach())
     return logp
@@ -301,7 +304,8 @@ def _update(cfg: TrainConfig, model, optimizer, scheduler, batch, adv, ref_logp,
                 rows = mb[c:c + cfg.micro_batch_size]
                 logp, ent = _logprobs(model, batch, no_grad=False, rows=rows, with_entropy=True)
                 mask = batch["loss_mask"][rows]
-                loss, stats = policy_loss(logp, batch["old_logp"][rows], adv[rows].to(logp.device), mask,
+                old = batch["old_logp"][rows] if batch["old_logp"] is not None else logp.detach()
+                loss, stats = policy_loss(logp, old, adv[rows].to(logp.device), mask,
                                           clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
                                           agg=cfg.loss_agg)
                 if ref_logp is not None:
