@@ -81,9 +81,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     eval_before = best.get("eval_before")
     if eval_before is None:
-        eval_before = _evaluate(cfg, engine, envs, catalog)["eval/pass@1"]
-        best["eval_before"] = eval_before
-        logger.log(0, {"eval/pass@1": eval_before})
+        first_eval = _evaluate(cfg, engine, envs, catalog)
+        eval_before = best["eval_before"] = first_eval["eval/pass@1"]
+        logger.log(0, first_eval)
 
     bar = tqdm(range(start_step, cfg.total_steps), initial=start_step, total=cfg.total_steps, desc="train",
                disable=not cfg.progress, unit="step")
