@@ -72,10 +72,17 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", color="#e6550d", lw=2,
                 label="eval pass@1 (held-out)")
+        k_keys = sorted({k for r in evals for k in r if k.startswith("eval/pass@") and k != "eval/pass@1"})
+        for key in k_keys:
+            pts = [r for r in evals if key in r]
+            ax.plot([r["step"] for r in pts], [r[key] for r in pts], "s--", color="#fd8d3c", lw=1.5,
+                    label=f"eval {key.split('/')[1]} (held-out)")
         for r in (evals[0], evals[-1]):
             ax.annotate(f"{r['eval/pass@1']:.2f}", (r["step"], r["eval/pass@1"]), textcoords="offset points",
                         xytext=(0, 8), ha="center", color="#e6550d")
-    ax.set_ylim(-0.02, 1.05)
+    values = [v for r in rows for k, v in r.items() if k in ("train/reward_mean",) or k.startswith("eval/pass@")]
+    top = min(1.05, max(0.2, 1.25 * max(values, default=0.0)))  # zoom in: small models live near the bottom
+    ax.set_ylim(-0.01, top)
     ax.set_ylabel("reward / pass@1")
     ax.set_title(title)
     ax.grid(alpha=0.3)
