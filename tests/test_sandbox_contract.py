@@ -13,24 +13,9 @@ import time
 import pytest
 
 from amrsd_envs.sandbox import BACKENDS, ExecResult, IsolationLevel, Sandbox, SandboxError, make_sandbox
-from amrsd_envs.sandbox.testing import docker_test_options, docker_unavailable_reason, processes_with_marker
+from amrsd_envs.sandbox.testing import processes_with_marker
 
-BACKEND_PARAMS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
-
-
-@pytest.fixture(scope="session")
-def docker_ready() -> None:
-    reason = docker_unavailable_reason()
-    if reason:
-        pytest.skip(f"docker backend cannot run here: {reason}")
-
-
-def new_sandbox(backend: str, request: pytest.FixtureRequest, **options) -> Sandbox:
-    """A sandbox of ``backend``; docker ones use the registry-free test image."""
-    if backend == "docker":
-        request.getfixturevalue("docker_ready")
-        options = {**docker_test_options(), **options}
-    return make_sandbox(backend, **options)
+from _sandbox_fixtures import BACKEND_PARAMS, docker_ready, new_sandbox  # noqa: F401,E402
 
 
 @pytest.fixture(scope="module", params=BACKEND_PARAMS)

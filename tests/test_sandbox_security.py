@@ -20,28 +20,12 @@ import pytest
 
 from amrsd_envs.sandbox import IsolationLevel, Sandbox, make_sandbox
 from amrsd_envs.sandbox.testing import (
-    docker_test_options,
-    docker_unavailable_reason,
     processes_named,
     processes_with_marker,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BACKEND_PARAMS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
-
-
-@pytest.fixture(scope="session")
-def docker_ready() -> None:
-    reason = docker_unavailable_reason()
-    if reason:
-        pytest.skip(f"docker backend cannot run here: {reason}")
-
-
-def new_sandbox(backend: str, request: pytest.FixtureRequest, **options) -> Sandbox:
-    if backend == "docker":
-        request.getfixturevalue("docker_ready")
-        options = {**docker_test_options(), **options}
-    return make_sandbox(backend, **options)
+from _sandbox_fixtures import BACKEND_PARAMS, docker_ready, new_sandbox  # noqa: F401,E402
 
 
 @pytest.fixture(scope="module", params=BACKEND_PARAMS)
