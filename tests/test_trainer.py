@@ -199,3 +199,9 @@ def test_cli_rejects_bad_config_before_loading_a_model(tmp_path):
     out = subprocess.run([sys.executable, "-m", "amrsd_train.run", "--config", str(p)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "algorithm" in out.stderr and "grpo" in out.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.model in ("tiny", "smollm2-135m") and cfg.total_steps >= 1
