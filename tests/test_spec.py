@@ -292,3 +292,22 @@ def test_cli_validate_and_schema(tmp_path, capsys):
     assert "bad.yaml" in out and "prompt" in out and "zz" in out
     assert tasks_main(["schema", "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["title"] == "AMR-SD task family"
+
+
+def test_answer_function_runs_in_the_sandbox(tmp_path):
+    text = GOOD.replace(
+        'answer: {expr: "s"}',
+        'answer:\n  function: |\n    def answer(a, b):\n        import os\n        return a * 100 + b\n  format: str',
+    )
+    fam = load_task_file(write(tmp_path, "fn.yaml", text))
+    inst = fam.instance(3)
+    assert inst.answer == str(inst.params["a"] * 100 + inst.params["b"])
+
+
+def test_answer_function_that_raises_names_the_field(tmp_path):
+    text = GOOD.replace(
+        'answer: {expr: "s"}', 'answer:\n  function: |\n    def answer(a, b):\n        raise RuntimeError("boom")'
+    )
+    err = errors_of(write(tmp_path, "fn.yaml", text))
+    (issue,) = err.issues
+    assert issue.loc == "answer.function" and "boom" in issue.msg
