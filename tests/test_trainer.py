@@ -205,3 +205,38 @@ def test_cli_rejects_bad_config_before_loading_a_model(tmp_path):
 def test_shipped_configs_validate(path):
     cfg = TrainConfig.from_yaml(path)
     assert cfg.model in ("tiny", "smollm2-135m") and cfg.total_steps >= 1
+
+
+def test_kl_term_pulls_the_policy_back_to_the_reference(tmp_path):
+    """The k3 penalty, optimised alone on the real tiny model, moves a perturbed policy toward its frozen copy."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from amrsd_train.losses import kl_penalty
+    from amrsd_train.models import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "m", ["What is 2 + 2? The answer is 4."] * 50, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ref = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    ids = torch.randint(4, model.config.vocab_size, (4, 32), generator=gen)
+
+    def logp(m):
+        logits = m(input_ids=ids).logits[:, :-1].float()
+        return logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+
+    with torch.no_grad():
+        ref_logp = logp(ref)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = kl_penalty(logp(model), ref_logp, "k3").mean()
+    for _ in range(20):
+        kl = kl_penalty(logp(model), ref_logp, "k3").mean()
+        opt.zero_grad()
+        kl.backward()
+        opt.step()
+    last = kl_penalty(logp(model), ref_logp, "k3").mean()
+    assert first.item() > 0 and last.item() < 0.7 * first.item()
