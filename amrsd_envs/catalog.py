@@ -702,3 +702,22 @@ def load_tasks(
         catalog = catalog.select(domain=domain, families=families)
     return catalog
 
+
+
+def load_env_tasks(
+    env_ids: list[str],
+    *,
+    families: list[str] | None = None,
+    path: str | Path | None = None,
+    difficulty: int | None = None,
+) -> TaskCatalog:
+    """The families the given env ids serve (``AMRSD-All-v0``: all), optionally narrowed to ``families`` globs."""
+    from amrsd_envs import ENV_IDS
+
+    unknown = [e for e in env_ids if e not in ENV_IDS]
+    if unknown:
+        raise ValueError(f"unknown env id(s) {unknown}; valid: {sorted(ENV_IDS)}")
+    domains = {ENV_IDS[e] for e in env_ids}
+    full = load_tasks(path, difficulty=difficulty)
+    catalog = TaskCatalog([f for f in full if None in domains or f.spec.domain in domains])
+    return catalog.select(families=families) if families else catalog

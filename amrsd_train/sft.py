@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 import amrsd_envs  # noqa: F401
-from amrsd_envs.catalog import TaskCatalog, load_tasks
+from amrsd_envs.catalog import TaskCatalog, load_env_tasks
 from amrsd_envs.oracle import OraclePolicy
 from amrsd_train.config import SFTConfig
 from amrsd_train.rollout import ChatTokens
@@ -41,21 +41,17 @@ def collect_demonstrations(catalog: TaskCatalog, per_family: int, seed: int) -> 
             ids = env.unwrapped.task_ids("train", per_family, families=[fam.id])
             for k, tid in enumerate(ids):
                 messages, info = env.reset(seed=seed + k, options={"task_id": tid})
+                tools = info["tools"]
                 done = False
                 while not done:
                     messages, reward, term, trunc, info = env.step(policy(messages, info.get("tools")))
                     done = term or trunc
                 if reward != 1.0:
                     raise RuntimeError(f"the oracle failed on {tid}: the family is broken ({info.get('verification')})")
-                demos.append((messages, info_tools(env)))
+                demos.append((messages, tools))
     finally:
         env.close()
     return demos
-
-
-def info_tools(env: gym.Env) -> list[dict]:
-    task = env.unwrapped.task
-    return env.unwrapped._tool_schemas(task) if task is not None else []
 
 
 def tokenize_demo(chat: ChatTokens, messages: list[dict[str, Any]], tools: list[dict]) -> tuple[list[int], list[int]]:
@@ -133,11 +129,7 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    domains = {amrsd_envs.ENV_IDS[e] for e in cfg.envs}
-    full = load_tasks(tasks_dir)
-    catalog = TaskCatalog([f for f in full if None in domains or f.spec.domain in domains])
-    if cfg.families:
-        catalog = catalog.select(families=cfg.families)
+    catalog = load_env_tasks(cfg.envs, families=cfg.families, path=tasks_dir)
     demos = collect_demonstrations(catalog, cfg.demos_per_family, cfg.seed)
     out = Path(cfg.output) if cfg.output else models.tiny_model_dir()
     with tempfile.TemporaryDirectory() as tmp:

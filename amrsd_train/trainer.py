@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import amrsd_envs  # noqa: F401  (registers the env ids)
-from amrsd_envs.catalog import TaskCatalog, load_tasks
+from amrsd_envs.catalog import TaskCatalog, load_env_tasks
 from amrsd_envs.evaluate import pass_at_k
 from amrsd_envs.peers import PeerBuffer
 from amrsd_train import checkpoint as ckpt
@@ -213,14 +213,7 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _catalog(cfg: TrainConfig) -> TaskCatalog:
-    domains = {amrsd_envs.ENV_IDS.get(e, "?") for e in cfg.envs}
-    unknown = [e for e in cfg.envs if e not in amrsd_envs.ENV_IDS]
-    if unknown:
-        raise ValueError(f"unknown env id(s) {unknown}; valid: {sorted(amrsd_envs.ENV_IDS)}")
-    full = load_tasks(cfg.tasks_dir, difficulty=cfg.difficulty)
-    fams = [f for f in full if None in domains or f.spec.domain in domains]
-    catalog = TaskCatalog(fams)
-    return catalog.select(families=cfg.families) if cfg.families else catalog
+    return load_env_tasks(cfg.envs, families=cfg.families, path=cfg.tasks_dir, difficulty=cfg.difficulty)
 
 
 def _resume_path(cfg: TrainConfig, root: Path) -> Path | None:
