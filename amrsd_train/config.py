@@ -7,6 +7,7 @@ the closest valid name, before any model is loaded.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,10 @@ class SFTConfig(BaseModel):
     demos_per_family: int = Field(200, ge=1, description="Oracle demonstrations per family (train split).")
     steps: int = Field(150, ge=1, description="Optimizer steps. Kept small on purpose: RL needs headroom.")
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0, description="Peak AdamW lr (cosine decay to 10% over `steps`).")
+    lr: float = Field(3e-3, gt=0, description="Peak AdamW lr (after warm-up).")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="After warm-up: `cosine` decays to 10% of `lr` over `steps`; `constant` holds `lr`."
+    )
     warmup_steps: int = Field(10, ge=0)
     max_len: int = Field(768, ge=16, description="Demonstrations longer than this many tokens are dropped.")
     vocab_size: int = Field(3072, ge=300, description="BPE vocabulary of the tiny tokenizer.")
@@ -162,17 +166,35 @@ class TrainConfig(BaseModel):
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["lr=3e-5", "families=[a, b]"]`` applied to a config dict (values parsed as YAML)."""
-    out = dict(data)
+    """``["lr=3e-5", "families=[a, b]", "warm_start.steps=500"]`` applied to a config dict (values parsed as YAML).
+
+    A dotted key sets a field of a nested section (``warm_start.lr=7e-4``); unknown keys, at any depth, are refused
+    with the closest known names.
+    """
+    out = copy.deepcopy(dict(data))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value")
-        if key not in TrainConfig.model_fields:
-            close = difflib.get_close_matches(key, list(TrainConfig.model_fields), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown config key {key!r} in override {item!r}{hint}")
-        out[key] = yaml.safe_load(raw) if raw != "" else None
+        model: type[BaseModel] = TrainConfig
+        node = out
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            known = list(model.model_fields)
+            if part not in known:
+                close = difflib.get_close_matches(part, known, n=3)
+                where = f" in section {'.'.join(parts[:depth])!r}" if depth else ""
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"unknown config key {part!r}{where} in override {item!r}{hint}")
+            if depth == len(parts) - 1:
+                node[part] = yaml.safe_load(raw) if raw != "" else None
+                break
+            sub = model.model_fields[part].annotation
+            if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])!r} is not a section")
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node, model = node[part], sub
     return out
 
 

@@ -88,6 +88,8 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
     def lr_at(k: int) -> float:
         if k < cfg.warmup_steps:
             return (k + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
         frac = (k - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 

@@ -188,6 +188,17 @@ def test_config_errors_are_clear(tmp_path):
     assert cfg.lr == 3e-5 and cfg.families == ["a.b", "c.*"] and cfg.total_steps == 3
     with pytest.raises(ValueError, match="unknown config key 'totl_steps'.*total_steps"):
         TrainConfig.from_yaml(p, ["totl_steps=3"])
+    # dotted keys reach nested sections; the other fields of the section keep their file/default values
+    p.write_text("model: tiny\nwarm_start: {steps: 7, families: [a.b]}\n")
+    cfg = TrainConfig.from_yaml(p, ["warm_start.lr=7e-4", "warm_start.lr_schedule=constant"])
+    assert (cfg.warm_start.lr, cfg.warm_start.lr_schedule, cfg.warm_start.steps) == (7e-4, "constant", 7)
+    assert cfg.warm_start.families == ["a.b"]
+    with pytest.raises(ValueError, match="'stepz' in section 'warm_start'.*did you mean steps"):
+        TrainConfig.from_yaml(p, ["warm_start.stepz=3"])
+    with pytest.raises(ValueError, match="'lr' is not a section"):
+        TrainConfig.from_yaml(p, ["lr.peak=3"])
+    with pytest.raises(ValueError, match="warm_start.lr_schedule"):
+        TrainConfig.from_yaml(p, ["warm_start.lr_schedule=sometimes"])
     p.write_text("model: [unclosed\n")
     with pytest.raises(ValueError, match="YAML syntax error"):
         TrainConfig.from_yaml(p)
