@@ -25,22 +25,22 @@ class SFTConfig(BaseModel):
     families: list[str] | None = Field(None, description="Family ids or globs (None: every family of the envs).")
     demos_per_family: int = Field(200, ge=1, description="Oracle demonstrations per family (train split).")
     steps: int = Field(150, ge=1, description="Optimizer steps. Kept small on purpose: RL needs headroom.")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Demonstrations per optimizer step.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW lr (after warm-up).")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="After warm-up: `cosine` decays to 10% of `lr` over `steps`; `constant` holds `lr`."
     )
-    warmup_steps: int = Field(10, ge=0)
+    warmup_steps: int = Field(10, ge=0, description="Linear lr warm-up steps.")
     max_len: int = Field(768, ge=16, description="Demonstrations longer than this many tokens are dropped.")
     vocab_size: int = Field(3072, ge=300, description="BPE vocabulary of the tiny tokenizer.")
-    seed: int = Field(0)
+    seed: int = Field(0, description="Seeds the tiny build (tokenizer, initial weights), demo order and batches.")
     output: str | None = Field(None, description="Where to save (None: the embedded `tiny` cache folder).")
     init: Literal["build_tiny", "from_model"] = Field(
         "build_tiny", description="`build_tiny`: build a fresh tiny model; `from_model`: fine-tune `model`."
     )
     model: str | None = Field(None, description="With init=from_model: the model name or folder to fine-tune.")
-    threads: int | None = Field(None, ge=1)
-    progress: bool = True
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's default.")
+    progress: bool = Field(True, description="Show a progress bar.")
 
 
 class TrainConfig(BaseModel):
@@ -93,13 +93,13 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warm-up.")
-    weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = Field((0.9, 0.999))
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
 
     # -- sampling -------------------------------------------------------------------------------------------------
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts (1.0 = off).")
     max_new_tokens: int = Field(128, ge=1, description="Tokens per assistant turn.")
     max_total_tokens: int = Field(1024, ge=16, description="Episode length cap (prompt + all turns); truncates.")
 
@@ -211,9 +211,21 @@ def _explain(exc: ValidationError, source: str) -> str:
 
 
 def config_reference_markdown() -> str:
-    """The field table for docs (generated from the Field descriptions, so it never drifts)."""
-    rows = ["| key | default | description |", "|---|---|---|"]
+    """The field tables for docs (generated from the Field descriptions, so they never drift): the training config,
+    then each nested section (set from the command line as ``section.key=value``)."""
+
+    def table(model: type[BaseModel], prefix: str = "") -> list[str]:
+        rows = ["| key | default | description |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            if isinstance(default, BaseModel):
+                default = "see below"
+            rows.append(f"| `{prefix}{name}` | `{default}` | {field.description or ''} |")
+        return rows
+
+    out = ["## TrainConfig", "", *table(TrainConfig)]
     for name, field in TrainConfig.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
-        rows.append(f"| `{name}` | `{default}` | {field.description or ''} |")
-    return "\n".join(rows)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out += ["", f"## `{name}` ({field.annotation.__name__})", "", field.description or "", "",
+                    *table(field.annotation, prefix=f"{name}.")]
+    return "\n".join(out)

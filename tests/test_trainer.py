@@ -251,3 +251,13 @@ def test_kl_term_pulls_the_policy_back_to_the_reference(tmp_path):
         opt.step()
     last = kl_penalty(logp(model), ref_logp, "k3").mean()
     assert first.item() > 0 and last.item() < 0.7 * first.item()
+
+
+def test_every_config_field_is_documented():
+    from amrsd_train.config import SFTConfig, config_reference_markdown
+
+    docs = config_reference_markdown()
+    for model, prefix in ((TrainConfig, ""), (SFTConfig, "warm_start.")):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            assert f"`{prefix}{name}`" in docs
