@@ -57,7 +57,9 @@ class AMRSDEnv(gym.Env[list, str]):
     ``max_turns``: override every family's ``max_turns``.
     ``peer_buffer``: a :class:`~amrsd_envs.peers.PeerBuffer` that receives every finished episode.
     ``sandbox_backend``: ``"local"`` or ``"docker"`` for the ``python`` tool; ``sandbox_options`` go to
-    ``make_sandbox``.
+    ``make_sandbox``. The env starts its sandbox on the first Python call and closes it in ``close()``.
+    ``sandbox``: a sandbox owned by the caller instead, e.g. one :class:`~amrsd_envs.sandbox.SharedSandbox` for all
+    of a trainer's envs; the env uses it and never closes it.
 
     ```python
     import gymnasium as gym, amrsd_envs
@@ -85,6 +87,7 @@ class AMRSDEnv(gym.Env[list, str]):
         peer_buffer: PeerBuffer | None = None,
         sandbox_backend: str = "local",
         sandbox_options: dict[str, Any] | None = None,
+        sandbox: Any = None,
         render_mode: str | None = None,
         peer_step: int = 0,
     ):
@@ -118,6 +121,7 @@ class AMRSDEnv(gym.Env[list, str]):
         self._done = True
         self._tool_session: Any = None  # per-episode tool resources (amrsd_envs.tools.ToolSession)
         self._sandbox: Any = None  # shared across episodes: starting one is the expensive part
+        self._external_sandbox = sandbox  # the caller's: used, never closed here
 
     # -- gym API ------------------------------------------------------------------------------------------------
 
@@ -247,6 +251,8 @@ class AMRSDEnv(gym.Env[list, str]):
         return self._tool_session
 
     def _get_sandbox(self) -> Any:
+        if self._external_sandbox is not None:
+            return self._external_sandbox
         if self._sandbox is None:
             from amrsd_envs.sandbox import make_sandbox
 

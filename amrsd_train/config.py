@@ -24,7 +24,12 @@ class SFTConfig(BaseModel):
     envs: list[str] = Field(default_factory=lambda: ["AMRSD-ToolUse-v0"], description="Env ids to take demos from.")
     families: list[str] | None = Field(None, description="Family ids or globs (None: every family of the envs).")
     demos_per_family: int = Field(200, ge=1, description="Oracle demonstrations per family (train split).")
-    steps: int = Field(150, ge=1, description="Optimizer steps. Kept small on purpose: RL needs headroom.")
+    steps: int = Field(150, ge=1, description="Optimizer steps (at most, with `stop_at_loss`). Kept small on purpose: "
+                       "RL needs headroom.")
+    stop_at_loss: float | None = Field(
+        None, gt=0, description="Stop early once the mean loss of the last 20 steps is at or below this (None: run "
+        "all `steps`)."
+    )
     batch_size: int = Field(16, ge=1, description="Demonstrations per optimizer step.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW lr (after warm-up).")
     lr_schedule: Literal["cosine", "constant"] = Field(
@@ -66,6 +71,9 @@ class TrainConfig(BaseModel):
     tasks_dir: str | None = Field(None, description="Tasks directory (None: the built-in tasks/).")
     difficulty: int | None = Field(None, ge=1, description="Difficulty level for every family (None: defaults).")
     max_turns: int | None = Field(None, ge=1, description="Override every family's max_turns.")
+    sandbox_backend: Literal["local", "docker"] = Field(
+        "local", description="Sandbox of the `python` tool: one for all of the run's envs, started on the first call."
+    )
 
     # -- algorithm ------------------------------------------------------------------------------------------------
     algorithm: Literal["grpo"] = Field("grpo", description="Policy-update algorithm.")

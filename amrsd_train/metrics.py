@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,18 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", color="#e6550d", lw=2,
                 label="eval pass@1 (held-out)")
-        k_keys = sorted({k for r in evals for k in r if k.startswith("eval/pass@") and k != "eval/pass@1"})
+        k_keys = sorted({k for r in evals for k in r if re.fullmatch(r"eval/pass@\d+", k) and k != "eval/pass@1"})
         for key in k_keys:
             pts = [r for r in evals if key in r]
             ax.plot([r["step"] for r in pts], [r[key] for r in pts], "s--", color="#fd8d3c", lw=1.5,
                     label=f"eval {key.split('/')[1]} (held-out)")
+        # per-family pass@1 (logged when a run trains on several families); a legend of more than a few is noise
+        family_keys = sorted({k for r in evals for k in r if k.startswith("eval/pass@1/")})
+        if len(family_keys) <= 6:
+            for key, color in zip(family_keys, ["#a63603", "#fdd0a2", "#8c2d04", "#f16913", "#7f2704", "#fdae6b"]):
+                pts = [r for r in evals if key in r]
+                ax.plot([r["step"] for r in pts], [r[key] for r in pts], ".:", color=color, lw=1.2,
+                        label=f"  pass@1 {key.split('/', 2)[2]}")
         for r in (evals[0], evals[-1]):
             ax.annotate(f"{r['eval/pass@1']:.2f}", (r["step"], r["eval/pass@1"]), textcoords="offset points",
                         xytext=(0, 8), ha="center", color="#e6550d")

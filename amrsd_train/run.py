@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,11 +56,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from amrsd_train.trainer import train
 
     result = train(cfg)
-    before, after = result.eval_before, result.eval_after
-    print(f"\nheld-out pass@1: before {before:.3f} -> after {after:.3f}  ({cfg.eval_tasks} test tasks, "
-          f"{'greedy' if cfg.eval_temperature == 0 else f'T={cfg.eval_temperature}'})")
+    print("\n" + eval_table(result, cfg))
     print(f"metrics: {result.output_dir / 'metrics.jsonl'}\nplot:    {result.plot}\ncheckpoint: {result.checkpoint}")
     return 0
+
+
+def eval_table(result, cfg: TrainConfig) -> str:
+    """Held-out metrics before training (step 0) and at the end, one line per metric."""
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines() if line]
+    evals = [r for r in rows if "eval/pass@1" in r]
+    if not evals:
+        return "no evaluation was run"
+    first, last = evals[0], evals[-1]
+    how = "greedy" if cfg.eval_temperature == 0 else f"{cfg.eval_k} samples each at T={cfg.eval_temperature}"
+    lines = [f"held-out test split, {cfg.eval_tasks} tasks, {how}:",
+             f"  {'':34s} {'step ' + str(first['step']):>9s} {'step ' + str(last['step']):>9s}"]
+    for key in (k for k in last if k.startswith("eval/")):
+        lines.append(f"  {key[5:]:34s} {first.get(key, float('nan')):9.3f} {last[key]:9.3f}")
+    return "\n".join(lines)
 
 
 def _sft_main(argv: list[str]) -> int:

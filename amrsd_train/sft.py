@@ -80,8 +80,16 @@ def tokenize_demo(chat: ChatTokens, messages: list[dict[str, Any]], tools: list[
     return ids, mask
 
 
+STOP_WINDOW = 20  # steps averaged for ``stop_at_loss``: one batch's loss is too noisy to stop on
+
+
 def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig) -> list[float]:
-    """Masked next-token cross-entropy for ``cfg.steps`` AdamW steps; returns the loss per step."""
+    """Masked next-token cross-entropy for up to ``cfg.steps`` AdamW steps; returns the loss per step.
+
+    With ``cfg.stop_at_loss`` it stops as soon as the mean loss of the last ``STOP_WINDOW`` steps reaches it: a
+    warm start defined by how far it got rather than by a step count, which is what keeps the RL start comparable
+    across seeds when the model learns copying after a plateau whose length varies from seed to seed.
+    """
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
@@ -119,6 +127,10 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if cfg.stop_at_loss is not None and len(losses) >= STOP_WINDOW:
+            if float(np.mean(losses[-STOP_WINDOW:])) <= cfg.stop_at_loss:
+                bar.set_postfix(loss=f"{loss.item():.3f}", stopped=f"mean loss <= {cfg.stop_at_loss}")
+                break
     model.eval()
     return losses
 
@@ -160,6 +172,6 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
             meta = models.read_metadata(src)
             if meta is not None:
                 (final / models.METADATA_FILE).write_text(
-                    json.dumps({**meta.__dict__, "source": f"{meta.source}; sft {cfg.steps} steps on "
+                    json.dumps({**meta.__dict__, "source": f"{meta.source}; sft {len(losses)} steps on "
                                 f"{len(examples)} oracle demos, final loss {losses[-1]:.4f}"}, indent=2))
     return out

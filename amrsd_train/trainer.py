@@ -21,6 +21,7 @@ import amrsd_envs  # noqa: F401  (registers the env ids)
 from amrsd_envs.catalog import TaskCatalog, load_env_tasks
 from amrsd_envs.evaluate import pass_at_k
 from amrsd_envs.peers import PeerBuffer
+from amrsd_envs.sandbox import SharedSandbox
 from amrsd_train import checkpoint as ckpt
 from amrsd_train.advantages import grpo_advantages
 from amrsd_train.config import TrainConfig
@@ -60,8 +61,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     catalog = _catalog(cfg)
     train_ids_pool = _TaskSampler(catalog, cfg.seed)
     peers = PeerBuffer(per_task=cfg.peers_per_task)
-    n_envs = max(cfg.tasks_per_step * cfg.group_size, cfg.eval_tasks * cfg.eval_k)
-    envs = [gym.make("AMRSD-All-v0", tasks=catalog, max_turns=cfg.max_turns, peer_buffer=peers) for _ in range(n_envs)]
+    envs, sandbox = _make_envs(cfg, catalog, peers)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop_strings=STOP_STRINGS)
 
@@ -161,6 +161,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     logger.close()
     for env in envs:
         env.close()
+    sandbox.close()
     return TrainResult(out, last_ckpt, metrics, eval_before, evals[-1] if evals else None, plot)
 
 
@@ -188,6 +189,15 @@ def _load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, cfg.dtype)).to(cfg.device)
     return model, tokenizer
+
+
+def _make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer) -> tuple[list[gym.Env], SharedSandbox]:
+    """One env per concurrent episode (a step's G x tasks, or an evaluation's), all on one sandbox."""
+    sandbox = SharedSandbox(cfg.sandbox_backend)
+    n_envs = max(cfg.tasks_per_step * cfg.group_size, cfg.eval_tasks * cfg.eval_k)
+    envs = [gym.make("AMRSD-All-v0", tasks=catalog, max_turns=cfg.max_turns, peer_buffer=peers, sandbox=sandbox)
+            for _ in range(n_envs)]
+    return envs, sandbox
 
 
 class _TaskSampler:
@@ -346,4 +356,9 @@ def _evaluate(cfg: TrainConfig, engine, envs, catalog: TaskCatalog) -> dict[str,
     out = {"eval/pass@1": p1}
     if cfg.eval_k > 1:
         out[f"eval/pass@{cfg.eval_k}"] = float(np.mean([pass_at_k(len(v), sum(v), cfg.eval_k) for v in by_task.values()]))
+    by_family: dict[str, list[float]] = {}
+    for task_id, v in by_task.items():
+        by_family.setdefault(task_id.partition("/")[0], []).append(pass_at_k(len(v), sum(v), 1))
+    if len(by_family) > 1:
+        out.update({f"eval/pass@1/{fam}": float(np.mean(v)) for fam, v in sorted(by_family.items())})
     return out

@@ -196,3 +196,33 @@ def test_peer_buffer_is_thread_safe(tmp_path):
     assert len(buf) == 150 and all(len(buf.episodes(f"t/{i}")) == 50 for i in range(3))
     buf.close()
     assert len(PeerBuffer(per_task=50, path=tmp_path / "p.sqlite")) == 150
+
+
+def _play_oracle(env, seed: int) -> float:
+    obs, info = env.reset(seed=seed)
+    policy = OraclePolicy(env)
+    done, reward = False, 0.0
+    while not done:
+        obs, reward, term, trunc, info = env.step(policy(obs, info.get("tools")))
+        done = term or trunc
+    return reward
+
+
+def test_envs_share_one_sandbox_started_once():
+    from amrsd_envs.sandbox import SharedSandbox
+
+    shared = SharedSandbox("local")
+    calc = gym.make("AMRSD-ToolUse-v0", families=["tooluse.calc_arith"], sandbox=shared)
+    assert _play_oracle(calc, 0) == 1.0
+    assert not shared.started, "a family without the python tool must not start a sandbox"
+    envs = [gym.make("AMRSD-ToolUse-v0", families=["tooluse.python_compute"], sandbox=shared) for _ in range(3)]
+    assert [_play_oracle(env, seed) for seed, env in enumerate(envs)] == [1.0, 1.0, 1.0]
+    assert shared.starts == 1 and shared.started
+    for env in [calc, *envs]:
+        env.close()
+    assert shared.started, "env.close() must leave a caller's sandbox running"
+    assert shared.run("print(6 * 7)", timeout_s=10).stdout.strip() == "42"
+    shared.close()
+    assert not shared.started
+    with pytest.raises(ValueError, match="valid backends"):
+        SharedSandbox("vm")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +128,21 @@ def test_grpo_smoke_parameters_change_and_outputs_written(tiny_calc, tmp_path):
     assert "eval/pass@1" in rows[0] and "eval/pass@1" in rows[-1]
     assert result.plot is not None and result.plot.stat().st_size > 10_000
     assert result.eval_before is not None and 0.0 <= result.eval_after <= 1.0
+
+
+def test_cli_prints_held_out_table_per_family(tiny_calc, tmp_path, capsys):
+    from amrsd_train.run import main
+
+    cfg = base_config(tmp_path, tiny_calc, total_steps=1, checkpoint_every=0, families=["test.calc", "test.calc_sub"],
+                      eval_tasks=4, eval_k=2, eval_temperature=1.0)
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert main(["--config", str(tmp_path / "c.yaml")]) == 0
+    table = capsys.readouterr().out
+    assert "held-out test split, 4 tasks, 2 samples each at T=1.0" in table
+    for key in ("pass@1", "pass@2", "pass@1/test.calc", "pass@1/test.calc_sub"):
+        assert any(line.split()[:1] == [key] for line in table.splitlines()), (key, table)
+    rows = _rows(Path(cfg.output_dir))
+    assert {"eval/pass@1/test.calc", "eval/pass@1/test.calc_sub"} <= set(rows[0]) and rows[1].keys() >= rows[0].keys()
 
 
 def _train_subprocess(cfg: TrainConfig, log: Path) -> subprocess.Popen:
@@ -261,3 +277,27 @@ def test_every_config_field_is_documented():
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
             assert f"`{prefix}{name}`" in docs
+
+
+def test_trainer_envs_share_one_unstarted_sandbox(tmp_path):
+    from amrsd_envs.peers import PeerBuffer
+    from amrsd_train.trainer import _catalog, _make_envs
+
+    cfg = base_config(tmp_path, Path(TASKS), tasks_per_step=3, group_size=4, eval_tasks=2, eval_k=2,
+                      eval_temperature=1.0)
+    envs, sandbox = _make_envs(cfg, _catalog(cfg), PeerBuffer())
+    assert len(envs) == 12 and not sandbox.started
+    assert all(env.unwrapped._get_sandbox() is sandbox for env in envs)
+    for env in envs:
+        env.close()
+    sandbox.close()
+
+
+def test_sft_stops_at_the_loss_target(tmp_path):
+    from amrsd_train.sft import STOP_WINDOW
+
+    cfg = SFTConfig(families=["test.calc"], demos_per_family=50, steps=400, batch_size=8, lr=3e-3, stop_at_loss=1.5,
+                    output=str(tmp_path / "m"), progress=False, threads=1)
+    meta = json.loads((warm_start(cfg, tasks_dir=TASKS) / "amrsd_model.json").read_text())
+    steps = int(re.search(r"sft (\d+) steps", meta["source"]).group(1))
+    assert STOP_WINDOW <= steps < 400, meta["source"]

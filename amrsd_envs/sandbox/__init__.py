@@ -30,7 +30,8 @@ Defaults: timeout 10 s, memory 512 MB, 64 processes, no network, 64 KiB of outpu
 
 from __future__ import annotations
 
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 from amrsd_envs.sandbox.base import ExecResult, IsolationLevel, Sandbox, SandboxError
 
@@ -81,6 +82,58 @@ __all__ = [
     "IsolationLevel",
     "Sandbox",
     "SandboxError",
+    "SharedSandbox",
     "make_sandbox",
     "register_backend",
 ]
+
+
+class SharedSandbox:
+    """One sandbox for many envs: started on first ``run``, closed only by its owner.
+
+    A trainer keeps hundreds of envs (``tasks_per_step * group_size`` of them, more for evaluation); each starting
+    its own zygote or container pool would cost a process (or a container) per env. Pass one ``SharedSandbox`` as
+    ``gym.make(..., sandbox=shared)`` to all of them: nothing starts until some episode runs Python, every env then
+    uses the same backend, and ``env.close()`` leaves it running; ``shared.close()`` stops it.
+    """
+
+    def __init__(self, backend: str = "local", **options: object):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown sandbox backend {backend!r}; valid backends: {sorted(BACKENDS)}")
+        self.backend, self.options = backend, dict(options)
+        self._sandbox: Sandbox | None = None
+        self._lock = threading.Lock()
+        self.starts = 0  # how many times a backend was started (1 after any use, until close)
+
+    @property
+    def started(self) -> bool:
+        return self._sandbox is not None
+
+    def get(self) -> Sandbox:
+        """The running backend, started on the first call."""
+        with self._lock:
+            if self._sandbox is None:
+                self._sandbox = make_sandbox(self.backend, **self.options)
+                self.starts += 1
+            return self._sandbox
+
+    def run(self, code: str, **kwargs: Any) -> ExecResult:
+        return self.get().run(code, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # backend attributes such as ``isolation`` (only reached for names this class does not define)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sandbox is not None:
+                self._sandbox.close()
+                self._sandbox = None
+
+    def __enter__(self) -> "SharedSandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
