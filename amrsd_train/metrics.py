@@ -81,7 +81,7 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
         # per-family pass@1 (logged when a run trains on several families); a legend of more than a few is noise
         family_keys = sorted({k for r in evals for k in r if k.startswith("eval/pass@1/")})
         if len(family_keys) <= 6:
-            for key, color in zip(family_keys, ["#a63603", "#fdd0a2", "#8c2d04", "#f16913", "#7f2704", "#fdae6b"]):
+            for key, color in zip(family_keys, ["#31a354", "#756bb1", "#636363", "#e7298a", "#66a61e", "#a6761d"]):
                 pts = [r for r in evals if key in r]
                 ax.plot([r["step"] for r in pts], [r[key] for r in pts], ".:", color=color, lw=1.2,
                         label=f"  pass@1 {key.split('/', 2)[2]}")
