@@ -173,18 +173,20 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], schema: type[BaseModel] | None = None
+) -> dict[str, Any]:
     """``["lr=3e-5", "families=[a, b]", "warm_start.steps=500"]`` applied to a config dict (values parsed as YAML).
 
     A dotted key sets a field of a nested section (``warm_start.lr=7e-4``); unknown keys, at any depth, are refused
-    with the closest known names.
+    with the closest known names. ``schema`` is the config class the keys belong to (default :class:`TrainConfig`).
     """
     out = copy.deepcopy(dict(data))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value")
-        model: type[BaseModel] = TrainConfig
+        model: type[BaseModel] = schema or TrainConfig
         node = out
         parts = key.split(".")
         for depth, part in enumerate(parts):

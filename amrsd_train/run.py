@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from pydantic import ValidationError
 
 from amrsd_train.config import SFTConfig, TrainConfig, apply_overrides, config_reference_markdown
 
@@ -87,12 +88,9 @@ def _sft_main(argv: list[str]) -> int:
         data = yaml.safe_load(Path(args.config).read_text()) or {}
         if "warm_start" in data or set(data) & set(TrainConfig.model_fields) - set(SFTConfig.model_fields):
             data = data.get("warm_start", {})
-    for item in args.overrides:
-        key, _, raw = item.partition("=")
-        data[key] = yaml.safe_load(raw)
     try:
-        cfg = SFTConfig.model_validate(data)
-    except Exception as exc:
+        cfg = SFTConfig.model_validate(apply_overrides(data, args.overrides, schema=SFTConfig))
+    except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError; named for the reader
         print(f"amrsd-train sft: invalid config: {exc}", file=sys.stderr)
         return 2
     from amrsd_train.sft import warm_start

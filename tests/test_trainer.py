@@ -301,3 +301,14 @@ def test_sft_stops_at_the_loss_target(tmp_path):
     meta = json.loads((warm_start(cfg, tasks_dir=TASKS) / "amrsd_model.json").read_text())
     steps = int(re.search(r"sft (\d+) steps", meta["source"]).group(1))
     assert STOP_WINDOW <= steps < 400, meta["source"]
+
+
+def test_sft_cli_rejects_unknown_and_malformed_overrides(capsys):
+    from amrsd_train.run import main
+
+    assert main(["sft", "stepz=3"]) == 2
+    assert "unknown config key 'stepz'" in capsys.readouterr().err
+    assert main(["sft", "steps"]) == 2
+    assert "is not key=value" in capsys.readouterr().err
+    assert main(["sft", "steps=0"]) == 2
+    assert "steps" in capsys.readouterr().err
