@@ -161,10 +161,7 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def validated(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ValueError(_explain(exc, source)) from None
+        return validated(cls, data, source)
 
     def with_overrides(self, overrides: list[str]) -> "TrainConfig":
         return self.validated(apply_overrides(self.model_dump(), overrides), source="overrides")
@@ -208,13 +205,28 @@ def apply_overrides(
     return out
 
 
-def _explain(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid training config ({source}):"]
+def validated(schema: type[BaseModel], data: dict[str, Any], source: str = "config") -> Any:
+    """``schema.model_validate(data)`` with the errors as one ValueError naming each bad key, and for an unknown
+    key the closest known names of its section."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(_explain(exc, source, schema)) from None
+
+
+def _explain(exc: ValidationError, source: str, schema: type[BaseModel]) -> str:
+    label = {TrainConfig: "training", SFTConfig: "SFT"}.get(schema, schema.__name__)
+    lines = [f"invalid {label} config ({source}):"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc, list(TrainConfig.model_fields), n=3)
+            section: Any = schema
+            for part in err["loc"][:-1]:  # the model the unknown key was found in
+                section = getattr(section, "model_fields", {}).get(part)
+                section = section.annotation if section is not None else None
+            known = list(getattr(section, "model_fields", {}))
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=3)
             msg = "unknown key" + (f"; did you mean {', '.join(close)}?" if close else "")
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from pydantic import ValidationError
 
-from amrsd_train.config import SFTConfig, TrainConfig, apply_overrides, config_reference_markdown
+from amrsd_train.config import SFTConfig, TrainConfig, apply_overrides, config_reference_markdown, validated
 
 
 def load_config(config: TrainConfig | dict[str, Any] | str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -89,9 +88,9 @@ def _sft_main(argv: list[str]) -> int:
         if "warm_start" in data or set(data) & set(TrainConfig.model_fields) - set(SFTConfig.model_fields):
             data = data.get("warm_start", {})
     try:
-        cfg = SFTConfig.model_validate(apply_overrides(data, args.overrides, schema=SFTConfig))
-    except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError; named for the reader
-        print(f"amrsd-train sft: invalid config: {exc}", file=sys.stderr)
+        cfg = validated(SFTConfig, apply_overrides(data, args.overrides, schema=SFTConfig), args.config or "overrides")
+    except ValueError as exc:
+        print(f"amrsd-train sft: {exc}", file=sys.stderr)
         return 2
     from amrsd_train.sft import warm_start
 

@@ -194,6 +194,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_calc, tmp_path):
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="did you mean lr"):
         TrainConfig.validated({"lrr": 1e-4})
+    with pytest.raises(ValueError, match="warm_start.stepz: unknown key; did you mean steps"):
+        TrainConfig.validated({"warm_start": {"stepz": 3}})
     with pytest.raises(ValueError, match="not divisible by mini_batches"):
         TrainConfig.validated({"group_size": 3, "tasks_per_step": 1, "mini_batches": 2})
     with pytest.raises(ValueError, match="group_size >= 2"):
@@ -311,4 +313,5 @@ def test_sft_cli_rejects_unknown_and_malformed_overrides(capsys):
     assert main(["sft", "steps"]) == 2
     assert "is not key=value" in capsys.readouterr().err
     assert main(["sft", "steps=0"]) == 2
-    assert "steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid SFT config (overrides):\n  - steps: Input should be greater than or equal to 1" in err

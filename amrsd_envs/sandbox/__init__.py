@@ -110,7 +110,7 @@ class SharedSandbox:
         return self._sandbox is not None
 
     def get(self) -> Sandbox:
-        """The running backend, started on the first call."""
+        """The running backend, started on the first call (for its attributes, e.g. ``get().isolation``)."""
         with self._lock:
             if self._sandbox is None:
                 self._sandbox = make_sandbox(self.backend, **self.options)
@@ -119,12 +119,6 @@ class SharedSandbox:
 
     def run(self, code: str, **kwargs: Any) -> ExecResult:
         return self.get().run(code, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        # backend attributes such as ``isolation`` (only reached for names this class does not define)
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.get(), name)
 
     def close(self) -> None:
         with self._lock:
