@@ -51,11 +51,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.trl_env import DEFAULT_TRL_VENV, ensure_trl_venv  # noqa: E402
+
 BENCH_CACHE = REPO / "bench" / ".cache"
-DEFAULT_TRL_VENV = REPO / "bench" / ".venv-trl"
-# TRL gets its own venv so it cannot change the project's; torch is pinned to the wheel on local disk and
-# transformers to the project's major line. trl itself is left to resolve (1.16.0 when this was written).
-TRL_REQUIREMENTS = ("torch==2.13.0", "transformers<5.20", "trl")
 TINY_BENCH_MODEL = "tiny-calc"
 
 
@@ -123,26 +121,6 @@ def machine_lines(threads: int) -> list[str]:
         f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"torch threads {threads} (both processes); load average at start: {load}",
     ]
-
-
-def ensure_trl_venv(venv: Path) -> Path:
-    """The TRL venv's python, creating the venv (pinned torch, see TRL_REQUIREMENTS) when it is missing."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating {venv} with {' '.join(TRL_REQUIREMENTS)} (once; a few minutes) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *TRL_REQUIREMENTS], check=True)
-    probe = subprocess.run(
-        [str(python), "-c", "import torch, trl, transformers; print(torch.__version__, trl.__version__, "
-         "transformers.__version__)"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise RuntimeError(f"{python} cannot import torch/trl/transformers; delete {venv} to rebuild it:\n"
-                           f"{probe.stderr[-2000:]}")
-    torch_version = probe.stdout.split()[0]
-    if not torch_version.startswith("2.13.0"):
-        raise RuntimeError(f"{venv} has torch {torch_version}, not 2.13.0; delete the folder so this script "
-                           "rebuilds it with the pinned torch")
-    return python
 
 
 def bench_model(name: str, family: str, threads: int) -> Path:
