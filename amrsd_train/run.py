@@ -3,6 +3,8 @@
     amrsd-train --config configs/tiny-grpo.yaml [key=value ...]    train (resumes from output_dir by default)
     amrsd-train sft [--config configs/tiny-sft.yaml] [key=value ...] build + warm-start the embedded tiny model
     amrsd-train config-docs                                          print the config reference (markdown)
+    amrsd-train compare --config CFG --steps N [--seeds 3 ...]     every algorithm x seed -> docs/RESULTS.md + plot
+    amrsd-train inspect RUN_DIR [--step N] [--out FILE]            one step's tokens, A_hat, CIG, hints as an HTML page
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "sft":
         return _sft_main(argv[1:])
+    if argv and argv[0] == "inspect":
+        from amrsd_train.inspect_page import main as inspect_main
+
+        return inspect_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from amrsd_train.compare import main as compare_main
+
+        return compare_main(argv[1:])
     parser = argparse.ArgumentParser(prog="amrsd-train", description="Train an agent with GRPO on the AMR-SD envs.")
     parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. total_steps=10 lr=3e-5")

@@ -26,6 +26,7 @@ if [[ $DEV == 1 && $(id -u) == 0 ]]; then
   need=()
   command -v bwrap >/dev/null || need+=(bubblewrap)
   command -v dockerd >/dev/null || need+=(docker.io)
+  command -v chromium >/dev/null || need+=(chromium)
   [[ -x /usr/bin/python3 ]] || need+=(python3-minimal)
   if (( ${#need[@]} )); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
