@@ -13,6 +13,9 @@ from amrsd_envs.spaces import Conversation, Utterance, copy_messages
 from amrsd_envs.verifiers import VERIFIERS, Verification, check
 
 
+RESET_OPTIONS = frozenset({"task_id", "family", "split", "record_peer", "peer_step"})
+
+
 class AMRSDEnv(gym.Env[list, str]):
     """A multi-turn agentic task: the agent answers (and may call tools) until it gives a final answer.
 
@@ -51,7 +54,7 @@ class AMRSDEnv(gym.Env[list, str]):
     ## Arguments
     ``domain``: ``"math" | "science" | "tooluse" | None`` (None: all families).
     ``tasks``: a tasks directory or file (default: the built-in ``tasks/``), or a loaded ``TaskCatalog``.
-    ``families``: family ids or glob patterns to keep, e.g. ``["math.fractions", "math.lin*"]``.
+    ``families``: family ids or glob patterns to keep, e.g. ``["math.fraction_sum", "math.lin*"]``.
     ``split``: ``"train"`` (default) or ``"test"``: which instances ``reset`` samples from.
     ``difficulty``: the difficulty level for every family (clamped to each family's levels).
     ``max_turns``: override every family's ``max_turns``.
@@ -63,12 +66,15 @@ class AMRSDEnv(gym.Env[list, str]):
 
     ```python
     import gymnasium as gym, amrsd_envs
-    env = gym.make("AMRSD-Math-v0", families=["math.fractions"])
+    env = gym.make("AMRSD-Math-v0", families=["math.fraction_sum"])
     messages, info = env.reset(seed=0)
     messages, reward, terminated, truncated, info = env.step("... so the answer is \\\\boxed{3/4}")
     ```
     ``reset(seed, options={"task_id": ..., "family": ..., "split": ...})`` picks a task: a given ``task_id``
     wins, else a random instance (of ``family`` if given) from the split, drawn with ``self.np_random``.
+    Two more options concern the ``peer_buffer``: ``record_peer`` (default True; False keeps this episode out of
+    it, e.g. held-out evaluation) and ``peer_step`` (the training step recorded with the episode; default the
+    constructor's ``peer_step``).
 
     ## Version history
     * v0: initial release.
@@ -122,15 +128,23 @@ class AMRSDEnv(gym.Env[list, str]):
         self._tool_session: Any = None  # per-episode tool resources (amrsd_envs.tools.ToolSession)
         self._sandbox: Any = None  # shared across episodes: starting one is the expensive part
         self._external_sandbox = sandbox  # the caller's: used, never closed here
+        self._record_peer, self._episode_peer_step = True, peer_step
 
     # -- gym API ------------------------------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list, dict]:
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"task_id", "family", "split"}
+        unknown = set(options) - RESET_OPTIONS
         if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: task_id, family, split")
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: {', '.join(sorted(RESET_OPTIONS))}")
+        record = options.get("record_peer", True)
+        if not isinstance(record, bool):
+            raise TypeError(f"reset option record_peer must be a bool, got {record!r}")
+        peer_step = options.get("peer_step", self.peer_step)
+        if isinstance(peer_step, bool) or not isinstance(peer_step, int):
+            raise TypeError(f"reset option peer_step must be an int, got {peer_step!r}")
+        self._record_peer, self._episode_peer_step = record, peer_step
         self._close_episode()
         split = options.get("split", self.split)
         if "task_id" in options:
@@ -274,13 +288,13 @@ class AMRSDEnv(gym.Env[list, str]):
         self._done = True
         info["verification"] = verification
         info["correct"] = bool(verification.correct) if verification is not None else False
-        if self.peer_buffer is not None:
+        if self.peer_buffer is not None and self._record_peer:
             self.peer_buffer.record(
                 task.id,
                 answer=verification.extracted if verification is not None else None,
                 correct=info["correct"],
                 transcript=_transcript(self._messages),
-                step=self.peer_step,
+                step=self._episode_peer_step,
             )
         self._close_episode()
         return copy_messages(self._messages), float(reward), terminated, truncated, info

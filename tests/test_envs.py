@@ -226,3 +226,20 @@ def test_envs_share_one_sandbox_started_once():
     assert not shared.started
     with pytest.raises(ValueError, match="valid backends"):
         SharedSandbox("vm")
+
+
+def test_peer_recording_is_chosen_per_episode_through_reset_options():
+    buf = PeerBuffer(per_task=8)
+    env = gym.make("AMRSD-Math-v0", peer_buffer=buf)
+    _, info = env.reset(seed=1, options={"peer_step": 7})
+    tid = info["task_id"]
+    env.step("\\boxed{1}")
+    env.reset(options={"task_id": tid, "record_peer": False})  # e.g. a held-out evaluation episode
+    env.step("\\boxed{2}")
+    env.reset(options={"task_id": tid})  # the default again: recorded, with the constructor's step (0)
+    env.step("\\boxed{3}")
+    assert [(e.answer, e.step) for e in buf.episodes(tid)] == [("1", 7), ("3", 0)]
+    with pytest.raises(TypeError, match="record_peer must be a bool"):
+        env.reset(options={"record_peer": "no"})
+    with pytest.raises(ValueError, match="unknown reset option.*peer_step"):
+        env.reset(options={"peer_stepp": 1})
