@@ -37,6 +37,8 @@ __all__ = [
     "Registry",
     "amrsd_gate",
     "amrsd_token_advantages",
+    "amrsd_token_gate",
+    "modulate_advantages",
     "asymmetric_gate",
     "beta_schedule",
     "cig",
@@ -486,8 +488,8 @@ def amrsd_gate(
 
 
 @torch.no_grad()
-def amrsd_token_advantages(adv: Tensor, gate: Tensor, beta: float, mask: Tensor) -> Tensor:
-    """AMR-SD token advantages (DESIGN 9c): ``A_hat_{i,t} = A_i * (1 + beta * g_t)``, 0 where ``mask == 0``.
+def modulate_advantages(adv: Tensor, gate: Tensor, beta: float, mask: Tensor) -> Tensor:
+    """The modulation of DESIGN 9c given a gate: ``A_hat_{i,t} = A_i * (1 + beta * g_t)``, 0 where ``mask == 0``.
 
     With ``beta >= 0`` and ``g >= 0``: ``sign(A_hat) == sign(A)`` and ``|A_hat| >= |A|`` on every
     masked-in token, and ``beta == 0`` gives exactly ``A_i`` broadcast (``1 + 0 * g == 1`` in
@@ -512,6 +514,77 @@ def amrsd_token_advantages(adv: Tensor, gate: Tensor, beta: float, mask: Tensor)
         raise ValueError("gate must be finite and >= 0; build it with asymmetric_gate")
     a_hat = a.detach()[:, None] * (1 + beta * g.detach())
     return torch.where(m, a_hat, torch.zeros_like(a_hat))
+
+
+@torch.no_grad()
+def amrsd_token_gate(
+    adv: Tensor,
+    cig: Tensor,
+    mask: Tensor,
+    *,
+    tau_pos: float = 0.5,
+    tau_neg: float = 1.0,
+    g_max: float = 2.0,
+    answer_mask: Tensor | None = None,
+    turn_ids: Tensor | None = None,
+    turn_gate: Literal["token", "turn", "max"] | str = "token",
+    turn_tau_scale: float = 0.5,
+) -> Tensor:
+    """The gate ``g_t`` of :func:`amrsd_token_advantages` (same arguments, no ``beta``): ``[B, T]`` in ``[0, g_max]``,
+    closed off ``mask``, on ``answer_mask`` tokens, where ``A_i == 0`` and where CIG is 0."""
+    c = _require_2d(cig, "cig")
+    m = _bool_mask(mask, tuple(c.shape))
+    gate_mask = m
+    if answer_mask is not None:
+        gate_mask = m & ~_bool_mask(answer_mask, tuple(c.shape), "answer_mask")
+    if turn_ids is None:
+        if GATE_COMBINERS.get(turn_gate) is not _token_only:
+            raise ValueError(f"turn_gate={turn_gate!r} needs turn_ids ([B, T], -1 off assistant turns)")
+        turn_ids = torch.where(m, 0, -1)
+    return amrsd_gate(c, adv, gate_mask, turn_ids, turn_gate, tau_pos, tau_neg, g_max, turn_tau_scale)
+
+
+@torch.no_grad()
+def amrsd_token_advantages(
+    adv: Tensor,
+    cig: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    tau_pos: float = 0.5,
+    tau_neg: float = 1.0,
+    g_max: float = 2.0,
+    answer_mask: Tensor | None = None,
+    turn_ids: Tensor | None = None,
+    turn_gate: Literal["token", "turn", "max"] | str = "token",
+    turn_tau_scale: float = 0.5,
+) -> Tensor:
+    """AMR-SD token advantages (DESIGN 9c + 9e): the asymmetric CIG gate applied to the GRPO advantage.
+
+    ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)`` with ``s = sign(A_i)`` (or its turn-mean version, see
+    :func:`amrsd_gate`), and ``A_hat_{i,t} = A_i * (1 + beta * g_t)``. The gate is closed (``g = 0``, so
+    ``A_hat = A``) where ``A_i == 0``, where ``CIG == 0`` (rows without a hint carry CIG 0), on
+    answer-span tokens, and ``A_hat`` is 0 off ``mask``. The gate alone is :func:`amrsd_token_gate`.
+
+    Args:
+        adv: ``[B]`` sequence advantages ``A_i``.
+        cig: ``[B, T]`` Causal Information Gain of the hint on each token (see :func:`cig`).
+        mask: ``[B, T]`` 1 on trained (assistant-sampled) tokens.
+        beta: modulation strength ``beta_k >= 0`` (see :func:`beta_schedule`).
+        tau_pos, tau_neg: gate thresholds for ``A > 0`` and ``A < 0``.
+        g_max: gate cap.
+        answer_mask: optional ``[B, T]``, 1 on answer-span tokens (boxed answer, final answer text,
+            tool-call argument values), where the gate stays closed.
+        turn_ids: ``[B, T]`` assistant-turn index (``-1`` elsewhere); needed for ``turn`` and ``max``.
+        turn_gate: ``token``, ``turn`` or ``max`` (a name in :data:`GATE_COMBINERS`).
+        turn_tau_scale: factor on the thresholds of turn gates.
+
+    Returns:
+        ``[B, T]`` token advantages, detached.
+    """
+    gate = amrsd_token_gate(adv, cig, mask, tau_pos=tau_pos, tau_neg=tau_neg, g_max=g_max, answer_mask=answer_mask,
+                            turn_ids=turn_ids, turn_gate=turn_gate, turn_tau_scale=turn_tau_scale)
+    return modulate_advantages(adv, gate, beta, mask)
 
 
 def beta_schedule(

@@ -62,7 +62,10 @@ def save_checkpoint(
     peers: Any,
     metrics_file: Path | None,
     keep: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Write ``root/step_N`` atomically. ``extra`` holds more resumable state (e.g. the teacher's weights), saved
+    beside the optimizer in ``trainer.pt`` and returned by :func:`load_trainer_state` under the same keys."""
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -71,8 +74,8 @@ def save_checkpoint(
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "trainer.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                **(extra or {})}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(state.to_json())
     if peers is not None:
         peers.save(tmp / "peers.sqlite")

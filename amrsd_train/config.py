@@ -24,6 +24,15 @@ class SFTConfig(BaseModel):
     envs: list[str] = Field(default_factory=lambda: ["AMRSD-ToolUse-v0"], description="Env ids to take demos from.")
     families: list[str] | None = Field(None, description="Family ids or globs (None: every family of the envs).")
     demos_per_family: int = Field(200, ge=1, description="Oracle demonstrations per family (train split).")
+    reflection_demos_per_family: int = Field(
+        0, ge=0, description="Reflection examples per family: a diagnosis of real attempts (the oracle's and "
+        "deliberately broken ones, run through the env and verifier) in, a vetted Socratic hint about the broken "
+        "step out. Without them the policy cannot write a hint AMR-SD can use."
+    )
+    hint_demos_per_family: int = Field(
+        0, ge=0, description="Hint-conditioned solutions per family: the oracle episode with a vetted hint appended "
+        "to the prompt through the teacher template (and as many with the null hint), so the teacher reads hints."
+    )
     steps: int = Field(150, ge=1, description="Optimizer steps (at most, with `stop_at_loss`). Kept small on purpose: "
                        "RL needs headroom.")
     stop_at_loss: float | None = Field(
@@ -48,13 +57,113 @@ class SFTConfig(BaseModel):
     progress: bool = Field(True, description="Show a progress bar.")
 
 
+class ReflectionConfig(BaseModel):
+    """Meta-reflection between episodes (the ``reflection:`` block): diagnose, distill a hint, vet it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["model", "raw"] = Field(
+        "model", description="`model`: the current policy writes a Socratic `<hint>` from the diagnosis (AMR-SD); "
+        "`raw`: ablation 'no reflection': the teacher context is the raw diagnosis material (reference, else a "
+        "successful peer), unvetted, as over-conditioned self-distillation uses it."
+    )
+    granularity: Literal["group", "rollout"] = Field(
+        "group", description="`group`: one hint per task group; `rollout`: one critique per attempt."
+    )
+    hint_max_tokens: int = Field(96, ge=8, description="Most tokens the policy may spend on one hint.")
+    max_questions: int = Field(3, ge=1, description="A hint holds at most this many Socratic questions/critiques.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of hint generation.")
+    resamples: int = Field(1, ge=0, description="Extra tries when the leak filter rejects a hint; then no hint.")
+    prompts_dir: str | None = Field(
+        None, description="Folder with `reflect_group.txt`, `reflect_rollout.txt` and `teacher_context.txt` to use "
+        "instead of the shipped templates (amrsd_train/prompts/)."
+    )
+    skip_solved_groups: bool = Field(
+        True, description="No hint for groups with no learning signal (all attempts equal): their advantages are 0, "
+        "so CIG could not change them; saves the generation."
+    )
+
+
+class AMRSDConfig(BaseModel):
+    """CIG gate and annealing of ``algorithm: amrsd`` (the ``amrsd:`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta_max: float = Field(1.0, ge=0, description="Peak modulation strength beta of A_hat = A (1 + beta g).")
+    beta_warmup_steps: int = Field(0, ge=0, description="Linear warm-up of beta from 0.")
+    beta_hold_steps: int = Field(0, ge=0, description="Steps beta stays at beta_max after warm-up.")
+    end_frac: float = Field(0.6, gt=0, le=1, description="Fraction of training where beta reaches beta_min.")
+    beta_min: float = Field(0.0, ge=0, description="beta after end_frac (0: plain GRPO from then on).")
+    anneal: bool = Field(True, description="False: ablation 'no annealing', beta = beta_max throughout.")
+    tau_pos: float = Field(0.5, ge=0, description="Gate threshold for A > 0 (CIG above it opens the gate).")
+    tau_neg: float = Field(1.0, ge=0, description="Gate threshold for A < 0 (CIG below -tau_neg opens it).")
+    symmetric_gate: bool = Field(False, description="Ablation: tau_neg = tau_pos (one threshold for both signs).")
+    g_max: float = Field(2.0, gt=0, description="Cap on the gate g.")
+    cig_clip: float = Field(5.0, gt=0, description="C: CIG is clamped to [-C, C].")
+    cig_baseline: Literal["null_hint", "student"] = Field(
+        "null_hint", description="`null_hint`: CIG = teacher(x + h) - teacher(x + '(none)'); `student`: teacher(x + h) "
+        "minus the rollout's own log-probs (one forward fewer)."
+    )
+    turn_gate: Literal["token", "turn", "max"] = Field("token", description="Token gates, turn gates or their max.")
+    turn_tau_scale: float = Field(0.5, gt=0, le=1, description="Turn gates use tau times this.")
+    gate_answer_spans: bool = Field(
+        False, description="Let the gate open on answer spans (boxed answer, tool-call argument values). False (the "
+        "definition) keeps the hint from crediting the answer tokens themselves."
+    )
+
+
+class TeacherConfig(BaseModel):
+    """The self-teacher that scores trajectories under privileged context (the ``teacher:`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sync_every: int = Field(10, ge=1, description="Refresh the frozen teacher snapshot from the policy every N steps.")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="Instead of snapshots: teacher <- ema * teacher + (1 - ema) * policy each step."
+    )
+
+
+class RawSDConfig(BaseModel):
+    """``algorithm: raw_sd``: SDPO-style logit distillation toward a teacher shown the raw reference or a peer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topk: int = Field(20, ge=1, description="Distil on the student's top-k tokens plus one tail bucket.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Divergence interpolation: 0 forward KL, 1 reverse KL, "
+                         "0.5 Jensen-Shannon.")
+    distill_coef: float = Field(1.0, ge=0, description="Weight of the distillation term.")
+    pg_coef: float = Field(1.0, ge=0, description="Weight of the GRPO policy-gradient term (0: distillation only).")
+
+
+class RLSDConfig(BaseModel):
+    """``algorithm: rlsd``: A_hat = A ((1 - lambda) + lambda w), w = clip(exp(sign(A) delta), 1 +- eps)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eps: float = Field(0.2, gt=0, lt=1, description="Clip half-width of the teacher weight.")
+    lambda_start: float = Field(1.0, ge=0, le=1, description="Mixing weight at step 0; decays linearly.")
+    lambda_end: float = Field(0.0, ge=0, le=1, description="Mixing weight at the last step.")
+
+
+class BaselinesConfig(BaseModel):
+    """``gcpo`` and ``entropy_realloc`` (cheap token-credit baselines)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gcpo_prompt: str = Field(
+        "Give a wrong final answer on purpose.", description="Counterfactual instruction appended to the task for gcpo."
+    )
+    weight_floor: float = Field(0.1, gt=0, le=1, description="Smallest token weight before renormalising to mean 1.")
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # -- model & engine ------------------------------------------------------------------------------------------
     model: str = Field("tiny", description="Embedded model name (`tiny`, `smollm2-135m`) or a local HF model folder.")
-    engine: Literal["hf"] = Field(
-        "hf", description="Generation/scoring backend. `hf` = transformers on this process (CPU or GPU)."
+    engine: str = Field(
+        "hf", description="Generation/scoring backend, a name of amrsd_train.engines (`hf` = transformers in this "
+        "process, CPU or GPU)."
     )
     device: str = Field("cpu", description="Torch device of the trainer (and of the hf engine).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training dtype.")
@@ -76,10 +185,15 @@ class TrainConfig(BaseModel):
     )
 
     # -- algorithm ------------------------------------------------------------------------------------------------
-    algorithm: Literal["grpo"] = Field("grpo", description="Policy-update algorithm.")
+    algorithm: Literal["grpo", "amrsd", "raw_sd", "rlsd", "gcpo", "entropy_realloc"] = Field(
+        "amrsd", description="How a verified batch becomes token advantages (and extra loss terms): `amrsd` (reflection "
+        "hints, CIG gate, annealing), `grpo`, and the baselines `raw_sd`, `rlsd`, `gcpo`, `entropy_realloc`."
+    )
+    adv_estimator: Literal["grpo", "dr_grpo"] = Field(
+        "grpo", description="Sequence advantage A_i: `grpo` (r-mean)/(std+eps), `dr_grpo` r-mean (Dr. GRPO)."
+    )
     group_size: int = Field(8, ge=1, description="G: episodes per task instance (one GRPO group).")
     tasks_per_step: int = Field(4, ge=1, description="Task instances per step; the batch is tasks_per_step * G.")
-    norm_adv_by_std: bool = Field(True, description="GRPO (r-mean)/(std+eps); False = Dr. GRPO (r-mean).")
     adv_eps: float = Field(1e-6, gt=0, description="eps of the advantage normalisation.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (the batch is split into this many).")
@@ -92,6 +206,15 @@ class TrainConfig(BaseModel):
     )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty coefficient to a frozen reference model (0 = none).")
     kl_kind: Literal["k1", "k2", "k3", "low_var_kl"] = Field("k3", description="KL estimator.")
+    reflection: ReflectionConfig = Field(default_factory=ReflectionConfig, description="Meta-reflection hints.")
+    amrsd: AMRSDConfig = Field(default_factory=AMRSDConfig, description="CIG gate and annealing (algorithm: amrsd).")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The self-teacher snapshot.")
+    raw_sd: RawSDConfig = Field(default_factory=RawSDConfig, description="algorithm: raw_sd.")
+    rlsd: RLSDConfig = Field(default_factory=RLSDConfig, description="algorithm: rlsd.")
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="algorithms gcpo, entropy_realloc.")
+    inspect_groups: int = Field(
+        2, ge=0, description="Task groups per logged step kept for `amrsd-train inspect` (tokens, A_hat, CIG, hints)."
+    )
     recompute_old_logprobs: bool = Field(
         True, description="Score rollouts once with the policy before the update (else use sampling logprobs)."
     )
@@ -139,6 +262,12 @@ class TrainConfig(BaseModel):
             raise ValueError("eval_k > 1 needs sampling: set eval_temperature > 0 (e.g. 1.0) or eval_k = 1")
         if self.group_size == 1:
             raise ValueError("group_size = 1 gives every GRPO advantage 0 (nothing to learn); use group_size >= 2")
+        from amrsd_train.engines import engine_kinds
+
+        if self.engine not in engine_kinds():
+            close = difflib.get_close_matches(self.engine, engine_kinds(), n=1)
+            raise ValueError(f"engine {self.engine!r} is not registered; valid: {', '.join(engine_kinds())}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
         if self.dtype != "float32" and self.device == "cpu":
             raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy here; use dtype=float32 on cpu")
         return self

@@ -53,6 +53,27 @@ def _plain(v: Any) -> Any:
     return v
 
 
+CREDIT_SERIES = {
+    "reflect/accept_rate": ("hint accept rate", "#31a354"),
+    "reflect/leak_rate": ("hint leak rate (per sample)", "#de2d26"),
+    "amrsd/gate_frac": ("gate open (token fraction)", "#756bb1"),
+    "amrsd/beta": ("beta (annealed)", "#636363"),
+}
+"""AMR-SD's per-step diagnostics drawn in the middle panel when a run logged them."""
+
+
+def _plot_credit(ax, train: list[dict[str, Any]], keys: list[str]) -> None:
+    for key in keys:
+        label, color = CREDIT_SERIES[key]
+        pts = [r for r in train if key in r]
+        ax.plot([r["step"] for r in pts], [r[key] for r in pts], lw=1.6, color=color, label=label,
+                ls="--" if key == "amrsd/beta" else "-")
+    ax.set_ylabel("AMR-SD")
+    ax.set_ylim(-0.02, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8, ncol=2)
+
+
 def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     """Train reward (and its moving average) and eval pass@1 against step, with the phase timings beneath."""
     import matplotlib
@@ -62,7 +83,12 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
 
     train = [r for r in rows if "train/reward_mean" in r]
     evals = [r for r in rows if "eval/pass@1" in r]
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), height_ratios=[3, 1.3], sharex=True)
+    credit_keys = [k for k in CREDIT_SERIES if any(k in r for r in train)]
+    if credit_keys:
+        fig, (ax, ax3, ax2) = plt.subplots(3, 1, figsize=(8, 8.5), height_ratios=[3, 1.4, 1.3], sharex=True)
+        _plot_credit(ax3, train, credit_keys)
+    else:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), height_ratios=[3, 1.3], sharex=True)
     if train:
         xs = [r["step"] for r in train]
         ys = [r["train/reward_mean"] for r in train]
@@ -95,9 +121,10 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    phases = [k for k in ("time/generate_s", "time/verify_s", "time/score_s", "time/update_s") if train and k in train[0]]
+    phases = [k for k in ("time/generate_s", "time/verify_s", "time/reflect_s", "time/teacher_score_s", "time/score_s",
+                          "time/update_s") if train and k in train[0]]
     bottom = [0.0] * len(train)
-    for k, color in zip(phases, ["#fdae6b", "#a1d99b", "#bcbddc", "#9ecae1"]):
+    for k, color in zip(phases, ["#fdae6b", "#a1d99b", "#fa9fb5", "#c994c7", "#bcbddc", "#9ecae1"]):
         vals = [r.get(k, 0.0) for r in train]
         ax2.bar([r["step"] for r in train], vals, bottom=bottom, color=color, label=k.split("/")[1][:-2], width=0.9)
         bottom = [b + v for b, v in zip(bottom, vals)]

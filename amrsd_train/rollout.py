@@ -11,6 +11,8 @@ The envs own the tools: the rollout only passes text to ``env.step`` and reads m
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,7 @@ class Trajectory:
     loss_mask: list[int] = field(default_factory=list)
     turn_ids: list[int] = field(default_factory=list)
     old_logprobs: list[float] = field(default_factory=list)  # sampling logprobs on loss_mask == 1, else 0
+    answer_mask: list[int] = field(default_factory=list)  # 1 on sampled answer-span tokens (see answer_spans)
     reward: float = 0.0
     correct: bool = False
     truncated: bool = False
@@ -38,12 +41,21 @@ class Trajectory:
     messages: list[dict[str, Any]] = field(default_factory=list)
     verification: Verification | None = None
     prompt_len: int = 0
+    tools: list[dict[str, Any]] | None = None  # the tool schemas the prompt was rendered with
 
-    def extend(self, ids: list[int], *, generated: bool, turn: int = -1, logprobs: list[float] | None = None) -> None:
+    def extend(self, ids: list[int], *, generated: bool, turn: int = -1, logprobs: list[float] | None = None,
+               answer: list[int] | None = None) -> None:
         self.input_ids.extend(ids)
         self.loss_mask.extend([1 if generated else 0] * len(ids))
         self.turn_ids.extend([turn if generated else -1] * len(ids))
         self.old_logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        self.answer_mask.extend(answer if answer is not None else [0] * len(ids))
+
+    @property
+    def opening(self) -> list[dict[str, Any]]:
+        """The episode's opening conversation (system + user): the context a teacher prompt is built from."""
+        first = next((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), len(self.messages))
+        return [dict(m) for m in self.messages[:first]]
 
     @property
     def response_length(self) -> int:
@@ -70,6 +82,23 @@ class ChatTokens:
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[int]:
         return self.encode(self.render(messages, tools, gen_prompt=True))
+
+    def answer_mask(self, ids: list[int]) -> list[int]:
+        """1 on the sampled ids whose text overlaps an answer span (:func:`answer_spans`), else 0."""
+        pieces = [self.tok.decode([i], skip_special_tokens=False) for i in ids]
+        text = "".join(pieces)
+        if text != self.tok.decode(ids, skip_special_tokens=False):
+            # a multi-byte character split across tokens: fall back to prefix decodes for exact offsets
+            ends = [len(self.tok.decode(ids[: k + 1], skip_special_tokens=False)) for k in range(len(ids))]
+            text = self.tok.decode(ids, skip_special_tokens=False)
+        else:
+            ends = list(itertools.accumulate(len(p) for p in pieces))
+        spans = answer_spans(text)
+        out, start = [], 0
+        for end in ends:
+            out.append(int(any(a < end and start < b for a, b in spans)))
+            start = end
+        return out
 
     def text_of(self, ids: list[int]) -> str:
         """The assistant message text of sampled ids (without a trailing end-of-turn token)."""
@@ -99,6 +128,36 @@ class ChatTokens:
         return self.encode(tail + nxt[len(closed):])
 
 
+_BOXED = re.compile(r"\\boxed\s*\{")
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
+_ARG_VALUE = re.compile(r':\s*("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)')
+
+
+def answer_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of an assistant message that state an answer (DESIGN 9c: the gate stays closed there).
+
+    The content of each ``\\boxed{...}`` (balanced braces), the text after ``Final answer:`` / ``Answer:`` up to the
+    end of its line, and every argument value of a tool call (the values after ``"arguments":``, not the keys or the
+    tool name). Unclosed constructs run to the end of the text.
+    """
+    spans: list[tuple[int, int]] = []
+    for m in _BOXED.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        spans.append((m.end(), i - 1 if depth == 0 else i))
+    for m in re.finditer(r"(?im)^\s*(?:final\s+)?answer\s*:(.*)$", text):
+        spans.append((m.start(1), m.end(1)))
+    for call in _TOOL_CALL.finditer(text):
+        body, offset = call.group(1), call.start(1)
+        at = body.find('"arguments"')
+        if at < 0:
+            continue
+        spans += [(offset + v.start(1), offset + v.end(1)) for v in _ARG_VALUE.finditer(body, at + len('"arguments"'))]
+    return [(a, b) for a, b in spans if b > a]
+
+
 @dataclass
 class RolloutStats:
     generate_s: float = 0.0
@@ -118,10 +177,13 @@ def run_group_rollouts(
     max_total_tokens: int,
     seed: int,
     first_group_id: int = 0,
+    reset_options: dict[str, Any] | None = None,
 ) -> tuple[list[Trajectory], RolloutStats]:
     """Run ``group_size`` episodes of each task in ``task_ids`` (batched generation across all live episodes).
 
     ``env_fns`` must hold at least ``len(task_ids) * group_size`` env instances (reused across calls).
+    ``reset_options`` go to every ``env.reset`` besides the task id (e.g. ``{"record_peer": False}`` for held-out
+    evaluation, ``{"peer_step": step}`` in training).
     Returns trajectories in group order (task 0's G episodes first).
     """
     n = len(task_ids) * group_size
@@ -135,9 +197,9 @@ def run_group_rollouts(
         gi, tid = k // group_size, task_ids[k // group_size]
         env = env_fns[k]
         t0 = time.perf_counter()
-        messages, info = env.reset(seed=seed + k, options={"task_id": tid})
+        messages, info = env.reset(seed=seed + k, options={**(reset_options or {}), "task_id": tid})
         stats.env_s += time.perf_counter() - t0
-        traj = Trajectory(task_id=tid, group_id=first_group_id + gi)
+        traj = Trajectory(task_id=tid, group_id=first_group_id + gi, tools=info["tools"], messages=messages)
         ids = chat.prompt_ids(messages, info["tools"])
         if len(ids) >= max_total_tokens:
             raise ValueError(
@@ -169,7 +231,7 @@ def run_group_rollouts(
             room = max_total_tokens - len(traj.input_ids)
             over = len(ids) > room
             ids, lps = ids[:room], lps[:room]
-            traj.extend(ids, generated=True, turn=turn, logprobs=lps)
+            traj.extend(ids, generated=True, turn=turn, logprobs=lps, answer=chat.answer_mask(ids))
             traj.num_turns += 1
             stats.turns += 1
             text = chat.text_of(ids)

@@ -83,7 +83,49 @@ def eval_table(result, cfg: TrainConfig) -> str:
              f"  {'':34s} {'step ' + str(first['step']):>9s} {'step ' + str(last['step']):>9s}"]
     for key in (k for k in last if k.startswith("eval/")):
         lines.append(f"  {key[5:]:34s} {first.get(key, float('nan')):9.3f} {last[key]:9.3f}")
-    return "\n".join(lines)
+    return "\n".join(lines + training_diagnostics(rows) + phase_times(rows))
+
+
+DIAGNOSTICS = ("train/pass_rate", "reflect/accept_rate", "reflect/leak_rate", "reflect/hint_tokens",
+               "amrsd/gate_frac", "amrsd/cig_mean_pos", "amrsd/cig_mean_neg", "amrsd/beta", "sd/divergence",
+               "rlsd/weight_mean", "actor/entropy")
+"""Training-time statistics shown at the start and end of a run (those the run logged)."""
+
+
+def training_diagnostics(rows: list[dict[str, Any]], window: int = 5) -> list[str]:
+    """Mean of each logged diagnostic over the first and the last ``window`` training steps."""
+    steps = [r for r in rows if "train/reward_mean" in r]
+    keys = [k for k in DIAGNOSTICS if any(k in r for r in steps)]
+    if not steps or not keys:
+        return []
+    head, tail = steps[:window], steps[-window:]
+
+    def mean(part: list[dict[str, Any]], key: str) -> float:
+        vals = [r[key] for r in part if key in r]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    label = f"steps {head[0]['step']}-{head[-1]['step']}", f"steps {tail[0]['step']}-{tail[-1]['step']}"
+    out = ["", f"training diagnostics (mean over {len(head)} steps):", f"  {'':34s} {label[0]:>11s} {label[1]:>11s}"]
+    out += [f"  {k:34s} {mean(head, k):11.3f} {mean(tail, k):11.3f}" for k in keys]
+    return out
+
+
+def phase_times(rows: list[dict[str, Any]]) -> list[str]:
+    """Wall time spent in each phase over the whole run (seconds and share)."""
+    keys = ["time/load_model_s", "time/generate_s", "time/verify_s", "time/reflect_s", "time/teacher_score_s",
+            "time/credit_s", "time/score_s", "time/update_s", "time/eval_s"]
+    totals = {k: sum(r.get(k, 0.0) for r in rows) for k in keys}
+    # step_s covers generate .. update (credit includes reflect and teacher scoring); eval and loading are outside it
+    whole = sum(r.get("time/step_s", 0.0) for r in rows) + totals["time/load_model_s"] + totals["time/eval_s"]
+    if whole <= 0:
+        return []
+    names = {"time/load_model_s": "load model (+ warm start)", "time/credit_s": "credit (all of it)",
+             "time/reflect_s": "  of which reflect (hints)", "time/teacher_score_s": "  of which teacher scoring",
+             "time/score_s": "old/ref log-probs"}
+    out = ["", f"time per phase (total {whole / 60:.1f} min):"]
+    out += [f"  {names.get(k, k[5:-2]):34s} {totals[k]:9.1f} s {100 * totals[k] / whole:5.1f}%"
+            for k in keys if totals[k] > 0]
+    return out
 
 
 def _sft_main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""The training loop: rollout -> verify -> advantages -> PPO epochs -> log -> eval -> checkpoint.
+"""The training loop: rollout -> verify -> advantages -> token credit -> PPO epochs -> log -> eval -> checkpoint.
 
 ``train(config)`` reads top to bottom; everything it calls is either a pure function (``advantages``, ``losses``)
 or a small helper in this file with one job.
@@ -23,13 +23,17 @@ from amrsd_envs.evaluate import pass_at_k
 from amrsd_envs.peers import PeerBuffer
 from amrsd_envs.sandbox import SharedSandbox
 from amrsd_train import checkpoint as ckpt
-from amrsd_train.advantages import grpo_advantages
+from amrsd_train.advantages import ADVANTAGE_ESTIMATORS
+from amrsd_train.algorithms import ALGORITHMS, Credit, CreditContext, VerifiedBatch
 from amrsd_train.config import TrainConfig
+from amrsd_train.credit_log import write_inspect_record
+from amrsd_train.engines import make_engine
 from amrsd_train.engines.base import SamplingParams
-from amrsd_train.engines.hf import HFEngine
 from amrsd_train.losses import entropy_from_logits, kl_penalty, policy_loss
 from amrsd_train.metrics import MetricsLogger, plot_run
-from amrsd_train.rollout import Trajectory, run_group_rollouts
+from amrsd_train.reflection import PromptTemplates, Reflector
+from amrsd_train.rollout import ChatTokens, Trajectory, run_group_rollouts
+from amrsd_train.teacher import Teacher
 
 STOP_STRINGS = ("</tool_call>",)
 
@@ -53,17 +57,22 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     resume_from = _resume_path(cfg, out / "checkpoints")
 
-    # -- model, engine, tasks ---------------------------------------------------------------------------------
+    # -- model, engine, algorithm, tasks -----------------------------------------------------------------------
+    t0 = time.perf_counter()
     model, tokenizer = _load_policy(cfg, resume_from / "model" if resume_from else None)
+    t_load = time.perf_counter() - t0  # includes the tiny model's warm start when it is not cached yet
     torch.manual_seed(cfg.seed)
-    engine = HFEngine(model=model, tokenizer=tokenizer, device=cfg.device)
+    engine = make_engine(cfg.engine, model=model, tokenizer=tokenizer, device=cfg.device)
+    algorithm = ALGORITHMS.get(cfg.algorithm)()
+    adv_estimator = ADVANTAGE_ESTIMATORS.get(cfg.adv_estimator)
     ref_model = _frozen_copy(cfg, model) if cfg.kl_coef > 0 else None
     catalog = _catalog(cfg)
-    train_ids_pool = _TaskSampler(catalog, cfg.seed)
+    task_sampler = _TaskSampler(catalog, cfg.seed)
     peers = PeerBuffer(per_task=cfg.peers_per_task)
     envs, sandbox = _make_envs(cfg, catalog, peers)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop_strings=STOP_STRINGS)
+    ctx = _credit_context(cfg, algorithm, model, tokenizer, engine, catalog, peers)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -73,6 +82,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         optimizer.load_state_dict(blobs["optimizer"])
         scheduler.load_state_dict(blobs["scheduler"])
         ckpt.set_rng_state(blobs["rng"])
+        if ctx.teacher is not None and "teacher" in blobs:
+            ctx.teacher.load_state_dict(blobs["teacher"])
         start_step, best = state.step, state.best
         if (resume_from / "peers.sqlite").exists():
             peers.load(resume_from / "peers.sqlite")
@@ -83,10 +94,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if eval_before is None:
         first_eval = _evaluate(cfg, engine, envs, catalog)
         eval_before = best["eval_before"] = first_eval["eval/pass@1"]
-        logger.log(0, first_eval)
+        logger.log(0, {**first_eval, "time/load_model_s": t_load})
 
-    bar = tqdm(range(start_step, cfg.total_steps), initial=start_step, total=cfg.total_steps, desc="train",
-               disable=not cfg.progress, unit="step")
+    bar = tqdm(range(start_step, cfg.total_steps), initial=start_step, total=cfg.total_steps,
+               desc=f"train {cfg.algorithm}", disable=not cfg.progress, unit="step")
     metrics: dict[str, Any] = {}
     last_ckpt = resume_from
     for step in bar:
@@ -94,20 +105,27 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.eval()
 
         # 1. rollout: G episodes per task, tools run inside the envs, verified at the end of each episode
-        task_ids = train_ids_pool.sample(step, cfg.tasks_per_step)
-        for env in envs:
-            env.unwrapped.peer_step = step
+        task_ids = task_sampler.sample(step, cfg.tasks_per_step)
         trajs, rstats = run_group_rollouts(engine, envs, task_ids, cfg.group_size, sampling,
-                                           max_total_tokens=cfg.max_total_tokens, seed=_step_seed(cfg.seed, step))
+                                           max_total_tokens=cfg.max_total_tokens, seed=_step_seed(cfg.seed, step),
+                                           reset_options={"peer_step": step})
 
-        # 2. advantages: one scalar per episode from its group's rewards
+        # 2. sequence advantages A_i from each group's rewards
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
         group_ids = torch.tensor([t.group_id for t in trajs])
-        adv = grpo_advantages(rewards, group_ids, norm_by_std=cfg.norm_adv_by_std, eps=cfg.adv_eps)
-
-        # 3. old (and reference) log-probs, scored once before the update
-        t0 = time.perf_counter()
+        adv = adv_estimator(rewards, group_ids, cfg.adv_eps)
         batch = _collate(trajs, cfg.device)
+        verified = _verified_batch(trajs, adv, group_ids, batch, step, cfg.total_steps)
+
+        # 3. token credit: the algorithm (AMR-SD: reflect -> teacher CIG -> gate) turns A_i into A_hat_{i,t}
+        t0 = time.perf_counter()
+        if ctx.teacher is not None:
+            ctx.teacher.refresh(model, step)
+        credit = algorithm.credit(verified, ctx)
+        t_credit = time.perf_counter() - t0
+
+        # 4. old (and reference) log-probs, scored once before the update
+        t0 = time.perf_counter()
         if cfg.recompute_old_logprobs and cfg.ppo_epochs * cfg.mini_batches > 1:
             batch["old_logp"] = _logprobs(model, batch, no_grad=True)
         elif cfg.recompute_old_logprobs:
@@ -115,14 +133,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         ref_logp = _logprobs(ref_model, batch, no_grad=True) if ref_model is not None else None
         t_score = time.perf_counter() - t0
 
-        # 4. PPO epochs over mini-batches, gradient accumulation over micro-batches
+        # 5. PPO epochs over mini-batches, gradient accumulation over micro-batches
         t0 = time.perf_counter()
         model.train()
-        upd = _update(cfg, model, optimizer, scheduler, batch, adv, ref_logp, step)
+        upd = _update(cfg, model, optimizer, scheduler, batch, credit, ref_logp, step)
         engine.update_weights(model)
         t_update = time.perf_counter() - t0
 
-        # 5. metrics, eval, checkpoint
+        # 6. metrics, what the inspect page needs, eval, checkpoint
         metrics = {
             "train/reward_mean": rewards.mean().item(),
             "train/pass_rate": float(np.mean([t.correct for t in trajs])),
@@ -131,27 +149,30 @@ def train(cfg: TrainConfig) -> TrainResult:
             "train/truncated_frac": float(np.mean([t.truncated for t in trajs])),
             "train/groups_with_signal": float((_group_std(rewards, group_ids) > 0).float().mean()),
             "train/adv_abs_mean": adv.abs().mean().item(),
+            "train/token_adv_abs_mean": float(credit.token_adv[verified.mask].abs().mean()),
             "train/lr": scheduler.get_last_lr()[0],
+            **credit.metrics,
             **upd,
             "time/generate_s": rstats.generate_s,
             "time/verify_s": rstats.env_s,
+            "time/credit_s": t_credit,
             "time/score_s": t_score,
             "time/update_s": t_update,
             "time/step_s": time.perf_counter() - t_step,
         }
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.total_steps:
-            metrics.update(_evaluate(cfg, engine, envs, catalog))
-        if done == cfg.total_steps:
+        if cfg.inspect_groups:
+            write_inspect_record(out / "inspect", done, cfg, tokenizer, verified, credit, cfg.inspect_groups)
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.total_steps:
             metrics.update(_evaluate(cfg, engine, envs, catalog))
         logger.log(done, metrics)
-        bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", pass_=f"{metrics['train/pass_rate']:.2f}",
-                        **({"eval": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
+        bar.set_postfix(_postfix(metrics))
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.total_steps:
             last_ckpt = ckpt.save_checkpoint(
                 out / "checkpoints", step=done, model=model, tokenizer=tokenizer, optimizer=optimizer,
                 scheduler=scheduler, state=ckpt.TrainState(done, cfg.model_dump(mode="json"), best), peers=peers,
                 metrics_file=logger.path, keep=cfg.keep_checkpoints,
+                extra={"teacher": ctx.teacher.state_dict()} if ctx.teacher is not None else None,
             )
     bar.close()
 
@@ -177,15 +198,14 @@ def _load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
 
     if checkpoint_model is not None:
         folder = checkpoint_model
-    else:
-        try:
-            folder = models.resolve_model(cfg.model)
-        except models.ModelNotBuiltError:
-            if cfg.model != "tiny":
-                raise
-            from amrsd_train.sft import warm_start
+    elif cfg.model == "tiny":
+        from amrsd_train.sft import warm_start, warm_start_folder
 
-            folder = warm_start(cfg.warm_start, tasks_dir=cfg.tasks_dir)
+        folder = warm_start_folder(cfg.warm_start, cfg.tasks_dir)
+        if not models.is_model_dir(folder):
+            folder = warm_start(cfg.warm_start.model_copy(update={"output": str(folder)}), tasks_dir=cfg.tasks_dir)
+    else:
+        folder = models.resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, cfg.dtype)).to(cfg.device)
     return model, tokenizer
@@ -216,6 +236,37 @@ class _TaskSampler:
             if fam.split_of(idx) == "train":
                 out.append(fam.instance(idx).id)
         return out
+
+
+def _credit_context(cfg: TrainConfig, algorithm, model, tokenizer, engine, catalog, peers) -> CreditContext:
+    """The teacher and reflector the algorithm asks for (built only when it uses them), and the rest it may read."""
+    templates = PromptTemplates.load(cfg.reflection.prompts_dir)
+    teacher = None
+    if algorithm.uses_teacher:
+        teacher = Teacher(model, lambda m: make_engine(cfg.engine, model=m, tokenizer=tokenizer, device=cfg.device),
+                          sync_every=cfg.teacher.sync_every, ema=cfg.teacher.ema)
+    reflector = None
+    if algorithm.uses_reflection and cfg.reflection.source == "model":
+        reflector = Reflector(engine, tokenizer, cfg.reflection, templates)
+    return CreditContext(cfg=cfg, chat=ChatTokens(tokenizer), policy=model, policy_engine=engine, catalog=catalog,
+                         peers=peers, templates=templates, teacher=teacher, reflector=reflector)
+
+
+def _verified_batch(trajs: list[Trajectory], adv: torch.Tensor, group_ids: torch.Tensor, batch: dict[str, torch.Tensor],
+                    step: int, total_steps: int) -> VerifiedBatch:
+    return VerifiedBatch(
+        trajs=trajs, adv=adv, group_ids=group_ids, input_ids=batch["input_ids"].cpu(),
+        attention_mask=batch["attention_mask"].cpu(), mask=batch["loss_mask"].cpu() > 0,
+        turn_ids=batch["turn_ids"].cpu(), answer_mask=batch["answer_mask"].cpu() > 0,
+        sampling_logp=batch["old_logp"].cpu(), step=step, total_steps=total_steps,
+    )
+
+
+def _postfix(metrics: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's numbers: reward, pass rate, eval pass@1, and AMR-SD's hint accept rate, gate and beta."""
+    keys = {"reward": "train/reward_mean", "pass": "train/pass_rate", "eval": "eval/pass@1",
+            "hints": "reflect/accept_rate", "gate": "amrsd/gate_frac", "beta": "amrsd/beta"}
+    return {name: f"{metrics[k]:.2f}" for name, k in keys.items() if k in metrics}
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -268,19 +319,23 @@ def _collate(trajs: list[Trajectory], device: str) -> dict[str, torch.Tensor]:
     attn = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.float32)
     old = torch.zeros(B, T, dtype=torch.float32)
+    turns = torch.full((B, T), -1, dtype=torch.long)
+    answer = torch.zeros(B, T, dtype=torch.float32)
     for i, t in enumerate(trajs):
         n = len(t.input_ids)
         ids[i, :n] = torch.tensor(t.input_ids)
         attn[i, :n] = 1
         mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
         old[i, :n] = torch.tensor(t.old_logprobs, dtype=torch.float32)
-    # position t of logp/mask refers to predicting ids[t] from ids[<t]; column 0 is never a target
+        turns[i, :n] = torch.tensor(t.turn_ids)
+        answer[i, :n] = torch.tensor(t.answer_mask, dtype=torch.float32)
+    # column t of logp/mask refers to predicting ids[t + 1] from ids[<= t]; token 0 is never a target
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": mask[:, 1:].to(device),
-            "old_logp": old[:, 1:].to(device)}
+            "old_logp": old[:, 1:].to(device), "turn_ids": turns[:, 1:], "answer_mask": answer[:, 1:]}
 
 
 def _logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, no_grad: bool, rows=None,
-              with_entropy: bool = False):
+              with_entropy: bool = False, with_logits: bool = False):
     ids = batch["input_ids"] if rows is None else batch["input_ids"][rows]
     attn = batch["attention_mask"] if rows is None else batch["attention_mask"][rows]
     with torch.set_grad_enabled(not no_grad):
@@ -288,12 +343,13 @@ def _logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, no_grad
         # gather minus logsumexp: never materialises a second [B, T, V] tensor of log-probabilities
         logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         if with_entropy:
-            return logp, entropy_from_logits(logits.detach())
+            return logp, entropy_from_logits(logits.detach()), (logits if with_logits else None)
     return logp
 
 
-def _update(cfg: TrainConfig, model, optimizer, scheduler, batch, adv, ref_logp, step: int) -> dict[str, float]:
-    B = adv.shape[0]
+def _update(cfg: TrainConfig, model, optimizer, scheduler, batch, credit: Credit, ref_logp, step: int) -> dict[str, float]:
+    token_adv = credit.token_adv.to(batch["loss_mask"].device)
+    B = token_adv.shape[0]
     mb_size = B // cfg.mini_batches
     gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step) + 1)
     sums: dict[str, list[float]] = {}
@@ -305,12 +361,17 @@ def _update(cfg: TrainConfig, model, optimizer, scheduler, batch, adv, ref_logp,
             mb_tokens = batch["loss_mask"][mb].sum().clamp(min=1)
             for c in range(0, len(mb), cfg.micro_batch_size):
                 rows = mb[c:c + cfg.micro_batch_size]
-                logp, ent = _logprobs(model, batch, no_grad=False, rows=rows, with_entropy=True)
+                logp, ent, logits = _logprobs(model, batch, no_grad=False, rows=rows, with_entropy=True,
+                                              with_logits=credit.aux_loss is not None)
                 mask = batch["loss_mask"][rows]
                 old = batch["old_logp"][rows] if batch["old_logp"] is not None else logp.detach()
-                loss, stats = policy_loss(logp, old, adv[rows].to(logp.device), mask,
+                loss, stats = policy_loss(logp, old, token_adv[rows], mask,
                                           clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
                                           agg=cfg.loss_agg)
+                if credit.aux_loss is not None:
+                    aux, aux_stats = credit.aux_loss(logits, rows)
+                    loss = loss + aux
+                    stats = {**stats, **aux_stats, "actor/aux_loss": aux.item()}
                 if ref_logp is not None:
                     kl_tok = kl_penalty(logp, ref_logp[rows], cfg.kl_kind)
                     kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
@@ -336,19 +397,14 @@ def _group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
 
 def _evaluate(cfg: TrainConfig, engine, envs, catalog: TaskCatalog) -> dict[str, float]:
     """pass@1 (and pass@k) on held-out tasks: the first test instances of each family, round-robin."""
+    t0 = time.perf_counter()
     base = envs[0].unwrapped
     task_ids = base.task_ids("test", cfg.eval_tasks)
     params = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
                             stop_strings=STOP_STRINGS, seed=cfg.seed)
-    saved = [e.unwrapped.peer_buffer for e in envs]
-    for e in envs:
-        e.unwrapped.peer_buffer = None  # held-out episodes must not become peers
-    try:
-        trajs, _ = run_group_rollouts(engine, envs, task_ids, cfg.eval_k, params,
-                                      max_total_tokens=cfg.max_total_tokens, seed=cfg.seed + 10_000)
-    finally:
-        for e, b in zip(envs, saved):
-            e.unwrapped.peer_buffer = b
+    # held-out episodes must not become peers
+    trajs, _ = run_group_rollouts(engine, envs, task_ids, cfg.eval_k, params, max_total_tokens=cfg.max_total_tokens,
+                                  seed=cfg.seed + 10_000, reset_options={"record_peer": False})
     by_task: dict[str, list[bool]] = {}
     for t in trajs:
         by_task.setdefault(t.task_id, []).append(t.correct)
@@ -361,4 +417,5 @@ def _evaluate(cfg: TrainConfig, engine, envs, catalog: TaskCatalog) -> dict[str,
         by_family.setdefault(task_id.partition("/")[0], []).append(pass_at_k(len(v), sum(v), 1))
     if len(by_family) > 1:
         out.update({f"eval/pass@1/{fam}": float(np.mean(v)) for fam, v in sorted(by_family.items())})
+    out["time/eval_s"] = time.perf_counter() - t0
     return out

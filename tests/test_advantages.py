@@ -17,6 +17,7 @@ from amrsd_train.advantages import (
     Registry,
     amrsd_gate,
     amrsd_token_advantages,
+    modulate_advantages,
     asymmetric_gate,
     beta_schedule,
     cig,
@@ -335,22 +336,22 @@ def test_amrsd_gate_turn_mode_halves_thresholds():
 # ------------------------------------------------------------------ token advantages and DESIGN 9 invariants
 
 
-def test_amrsd_token_advantages_hand_computed():
+def test_modulate_advantages_hand_computed():
     adv = torch.tensor([2.0, -1.0, 0.0])
     gate = torch.tensor([[0.0, 1.0, 2.0], [0.5, 0.0, 1.5], [1.0, 1.0, 1.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1]])
-    out = amrsd_token_advantages(adv, gate, beta=0.5, mask=mask)
+    out = modulate_advantages(adv, gate, beta=0.5, mask=mask)
     # A * (1 + 0.5 g): 2 * [1, 1.5, (masked)], -1 * [1.25, 1, 1.75], 0
     assert torch.equal(out, torch.tensor([[2.0, 3.0, 0.0], [-1.25, -1.0, -1.75], [0.0, 0.0, 0.0]]))
 
 
-def test_amrsd_token_advantages_validation():
+def test_modulate_advantages_validation():
     with pytest.raises(ValueError, match="beta"):
-        amrsd_token_advantages(torch.ones(1), torch.zeros(1, 2), -0.1, torch.ones(1, 2))
+        modulate_advantages(torch.ones(1), torch.zeros(1, 2), -0.1, torch.ones(1, 2))
     with pytest.raises(ValueError, match="gate must be finite and >= 0"):
-        amrsd_token_advantages(torch.ones(1), torch.tensor([[-1.0, 0.0]]), 0.5, torch.ones(1, 2))
+        modulate_advantages(torch.ones(1), torch.tensor([[-1.0, 0.0]]), 0.5, torch.ones(1, 2))
     with pytest.raises(ValueError, match=r"adv must have shape \[B\]"):
-        amrsd_token_advantages(torch.ones(2), torch.zeros(1, 2), 0.5, torch.ones(1, 2))
+        modulate_advantages(torch.ones(2), torch.zeros(1, 2), 0.5, torch.ones(1, 2))
 
 
 def _random_step(seed: int, b: int = 6, t: int = 9):
@@ -374,7 +375,7 @@ def _random_step(seed: int, b: int = 6, t: int = 9):
 def test_beta_zero_is_grpo_bit_for_bit(seed, agg):
     adv, gate, _, mask, logp, old = _random_step(seed)
     assert bool((gate > 0).any()), "the test needs open gates to mean anything"
-    a_hat = amrsd_token_advantages(adv, gate, beta=0.0, mask=mask)
+    a_hat = modulate_advantages(adv, gate, beta=0.0, mask=mask)
     assert torch.equal(a_hat, torch.where(mask, adv[:, None].expand_as(gate), torch.zeros_like(gate)))
 
     loss_grpo, stats_grpo = policy_loss(logp, old, adv, mask, agg=agg)
@@ -386,7 +387,7 @@ def test_beta_zero_is_grpo_bit_for_bit(seed, agg):
     assert stats_amrsd == stats_grpo
 
     # and a positive beta really changes the loss (the invariant above is not vacuous)
-    loss_on, _ = policy_loss(logp, old, amrsd_token_advantages(adv, gate, 1.0, mask), mask, agg=agg)
+    loss_on, _ = policy_loss(logp, old, modulate_advantages(adv, gate, 1.0, mask), mask, agg=agg)
     assert not torch.equal(loss_on, loss_grpo)
 
 
@@ -407,7 +408,7 @@ def test_sign_preserved_and_magnitude_grows(adv, data, beta):
     assert torch.all(gate[~gm] == 0)
     assert torch.all((gate >= 0) & (gate <= 2.0))
     mask = torch.ones(b, t, dtype=torch.bool)
-    a_hat = amrsd_token_advantages(a, gate, beta, mask)
+    a_hat = modulate_advantages(a, gate, beta, mask)
     a_b = a[:, None].expand_as(a_hat)
     assert torch.equal(torch.sign(a_hat), torch.sign(a_b))
     assert torch.all(a_hat.abs() >= a_b.abs())
@@ -416,7 +417,7 @@ def test_sign_preserved_and_magnitude_grows(adv, data, beta):
 def test_full_path_invariants_on_random_batches():
     for seed in range(10):
         adv, gate, gate_mask, mask, _, _ = _random_step(seed, b=9, t=13)
-        a_hat = amrsd_token_advantages(adv, gate, 0.7, mask)
+        a_hat = modulate_advantages(adv, gate, 0.7, mask)
         a_b = torch.where(mask, adv[:, None].expand_as(a_hat), torch.zeros_like(a_hat))
         assert torch.equal(torch.sign(a_hat), torch.sign(a_b))
         assert torch.all(a_hat.abs() >= a_b.abs())
@@ -533,3 +534,66 @@ def test_gate_stats_without_negative_rows_reports_zero_with_count():
     assert stats["amrsd/gate_frac_neg"] == 0.0 and stats["amrsd/tokens_neg"] == 0.0
     assert stats["amrsd/gate_frac"] == 1.0
     assert "amrsd/cig_mean_pos" not in stats
+
+
+# ------------------------------------------------------------------ the public amrsd_token_advantages (issue 8)
+
+
+@st.composite
+def _amrsd_batch(draw):
+    b, t = draw(st.integers(1, 5)), draw(st.integers(1, 8))
+    floats = st.floats(-4, 4, allow_subnormal=False)
+    adv = torch.tensor(draw(st.lists(st.one_of(st.just(0.0), floats), min_size=b, max_size=b)))
+    cig_vals = torch.tensor(draw(st.lists(st.floats(-5, 5), min_size=b * t, max_size=b * t))).view(b, t)
+    mask = torch.tensor(draw(st.lists(st.booleans(), min_size=b * t, max_size=b * t))).view(b, t)
+    answer = torch.tensor(draw(st.lists(st.booleans(), min_size=b * t, max_size=b * t))).view(b, t)
+    hinted = torch.tensor(draw(st.lists(st.booleans(), min_size=b, max_size=b)))
+    # turn ids: non-decreasing along each row on assistant tokens, -1 elsewhere
+    turns = torch.cumsum(torch.tensor(draw(st.lists(st.booleans(), min_size=b * t, max_size=b * t))).view(b, t), 1)
+    turn_ids = torch.where(mask, turns, torch.full_like(turns, -1))
+    # rows without a hint carry CIG 0 (the trainer zeroes them)
+    cig_vals = torch.where(hinted[:, None] & mask, cig_vals, torch.zeros_like(cig_vals))
+    return adv, cig_vals, mask, answer, turn_ids, hinted
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=_amrsd_batch(), beta=st.floats(0, 3), mode=st.sampled_from(["token", "turn", "max"]))
+def test_amrsd_token_advantages_properties(batch, beta, mode):
+    adv, c, mask, answer, turn_ids, hinted = batch
+    a_hat = amrsd_token_advantages(adv, c, mask, beta=beta, answer_mask=answer, turn_ids=turn_ids, turn_gate=mode)
+    a_b = adv[:, None].expand_as(a_hat)
+    # sign preserved and magnitude never shrinks on every masked token
+    assert torch.equal(torch.sign(a_hat[mask]), torch.sign(a_b[mask]))
+    assert torch.all(a_hat[mask].abs() >= a_b[mask].abs())
+    # no modulation where A == 0, without a hint, on answer spans; nothing off the mask
+    assert torch.all(a_hat[~mask] == 0)
+    unmodulated = mask & ((adv == 0)[:, None] | ~hinted[:, None] | answer)
+    assert torch.equal(a_hat[unmodulated], a_b[unmodulated])
+
+
+def test_amrsd_token_advantages_turn_gate_uses_turn_means():
+    # one positive row, two assistant turns: turn 0 CIG [1.0, 0.0] (mean 0.5), turn 1 CIG [0.3, 0.3] (mean 0.3)
+    adv = torch.tensor([1.0])
+    c = torch.tensor([[1.0, 0.0, 0.0, 0.3, 0.3]])
+    mask = torch.tensor([[1, 1, 0, 1, 1]])
+    turn_ids = torch.tensor([[0, 0, -1, 1, 1]])
+    token = amrsd_token_advantages(adv, c, mask, beta=1.0, turn_ids=turn_ids, turn_gate="token")
+    turn = amrsd_token_advantages(adv, c, mask, beta=1.0, turn_ids=turn_ids, turn_gate="turn")
+    both = amrsd_token_advantages(adv, c, mask, beta=1.0, turn_ids=turn_ids, turn_gate="max")
+    # token gate: only CIG 1.0 > tau_+ 0.5 opens, g = 0.5
+    assert torch.allclose(token, torch.tensor([[1.5, 1.0, 0.0, 1.0, 1.0]]))
+    # turn gate: tau halved to 0.25; turn 0 mean 0.5 -> g 0.25 on both its tokens; turn 1 mean 0.3 -> g 0.05
+    assert torch.allclose(turn, torch.tensor([[1.25, 1.25, 0.0, 1.05, 1.05]]))
+    assert torch.allclose(both, torch.tensor([[1.5, 1.25, 0.0, 1.05, 1.05]]))
+
+
+def test_amrsd_token_advantages_answer_span_and_errors():
+    adv = torch.tensor([-1.0])
+    c = torch.tensor([[-3.0, -3.0]])
+    mask = torch.ones(1, 2)
+    out = amrsd_token_advantages(adv, c, mask, beta=1.0, answer_mask=torch.tensor([[0, 1]]))
+    assert torch.allclose(out, torch.tensor([[-3.0, -1.0]]))  # g = min(3 - 1, 2) = 2 on the non-answer token
+    with pytest.raises(ValueError, match="needs turn_ids"):
+        amrsd_token_advantages(adv, c, mask, beta=1.0, turn_gate="turn")
+    with pytest.raises(ValueError, match="turn gate mode"):
+        amrsd_token_advantages(adv, c, mask, beta=1.0, turn_gate="both", turn_ids=torch.zeros(1, 2, dtype=torch.long))

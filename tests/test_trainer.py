@@ -115,7 +115,8 @@ def test_grpo_smoke_parameters_change_and_outputs_written(tiny_calc, tmp_path):
     from amrsd_train import run
 
     before = AutoModelForCausalLM.from_pretrained(tiny_calc).state_dict()
-    cfg = base_config(tmp_path, tiny_calc, total_steps=2, checkpoint_every=0, temperature=1.5, tasks_per_step=4)
+    cfg = base_config(tmp_path, tiny_calc, total_steps=2, checkpoint_every=0, temperature=1.5, tasks_per_step=4,
+                      algorithm="grpo")
     result = run(cfg)
     rows = [json.loads(l) for l in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -189,6 +190,65 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_calc, tmp_path):
         for key in ("train/reward_mean", "train/pass_rate", "actor/loss", "actor/pg_clipfrac", "train/response_length"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
     assert [c.name for c in list_checkpoints(ckpts)][-1] == f"step_{steps:06d}"
+
+
+def _state(run_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir / "checkpoints") / "model").state_dict()
+
+
+def test_amrsd_with_beta_zero_is_the_grpo_run_bit_for_bit(tiny_calc, tmp_path):
+    """The whole AMR-SD path runs (reflection context, teacher scoring, CIG, open gates) and with beta = 0 the run is
+    the GRPO run of the same seed: same metrics, same final weights, bit for bit. A positive beta changes them."""
+    from amrsd_train import run
+
+    common = dict(total_steps=2, checkpoint_every=0, temperature=1.5, tasks_per_step=4, mini_batches=1)
+    # raw context (the reference) gives every group a teacher context, so CIG is non-zero and gates open
+    amrsd_kw = dict(algorithm="amrsd", reflection={"source": "raw", "skip_solved_groups": False},
+                    amrsd={"tau_pos": 0.0, "tau_neg": 0.0})
+    grpo = run(base_config(tmp_path / "grpo", tiny_calc, algorithm="grpo", **common))
+    zero = run(base_config(tmp_path / "zero", tiny_calc, **amrsd_kw, **common).with_overrides(["amrsd.beta_max=0"]))
+    full = run(base_config(tmp_path / "full", tiny_calc, **amrsd_kw, **common).with_overrides(
+        ["amrsd.beta_max=2", "amrsd.anneal=false"]))
+    g, z, f = (_rows(r.output_dir) for r in (grpo, zero, full))
+    assert max(z[s]["amrsd/gate_frac"] for s in (1, 2)) > 0, "no gate opened: the equality would be vacuous"
+    for step in (1, 2):
+        for key in ("train/reward_mean", "actor/loss", "actor/grad_norm", "actor/entropy", "train/token_adv_abs_mean"):
+            assert z[step][key] == g[step][key], (step, key)
+    a, b = _state(grpo.output_dir), _state(zero.output_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = _state(full.output_dir)
+    assert f[1]["train/token_adv_abs_mean"] > g[1]["train/token_adv_abs_mean"]
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("algorithm", ["amrsd", "raw_sd", "rlsd", "gcpo", "entropy_realloc"])
+def test_every_algorithm_trains_and_logs_its_diagnostics(tiny_calc, tmp_path, algorithm):
+    from transformers import AutoModelForCausalLM
+
+    from amrsd_train import run
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_calc).state_dict()
+    result = run(base_config(tmp_path, tiny_calc, algorithm=algorithm, total_steps=1, checkpoint_every=0,
+                             temperature=1.5, tasks_per_step=4, mini_batches=1,
+                             reflection={"skip_solved_groups": False}))
+    row = _rows(result.output_dir)[1]
+    after = AutoModelForCausalLM.from_pretrained(result.checkpoint / "model").state_dict()
+    assert sum(not torch.equal(before[k], after[k]) for k in before) > len(before) // 2
+    expected = {"amrsd": {"reflect/accept_rate", "reflect/leak_rate", "reflect/hint_tokens", "amrsd/gate_frac",
+                          "amrsd/cig_mean_pos", "amrsd/cig_mean_neg", "amrsd/beta"},
+                "raw_sd": {"sd/divergence", "actor/aux_loss"}, "rlsd": {"rlsd/lambda", "rlsd/weight_mean"},
+                "gcpo": {"gcpo/weight_max"}, "entropy_realloc": {"entropy_realloc/entropy_mean"}}[algorithm]
+    assert expected <= set(row), expected - set(row)
+    assert {"time/generate_s", "time/verify_s", "time/credit_s", "time/update_s"} <= set(row)
+    if algorithm == "amrsd":
+        assert row["reflect/samples"] >= row["reflect/jobs"] > 0  # the policy really wrote hints (and they were vetted)
+    # what the inspect page needs is kept, and the page renders from it
+    from amrsd_train.inspect_page import write_inspect_page
+
+    page = write_inspect_page(result.output_dir)
+    assert page.stat().st_size > 5_000 and "<html" in page.read_text()
 
 
 def test_config_errors_are_clear(tmp_path):
