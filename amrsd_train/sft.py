@@ -83,13 +83,17 @@ def tokenize_demo(chat: ChatTokens, messages: list[dict[str, Any]], tools: list[
 STOP_WINDOW = 20  # steps averaged for ``stop_at_loss``: one batch's loss is too noisy to stop on
 
 
-def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig) -> list[float]:
+def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig,
+        solves: list[bool] | None = None) -> list[float]:
     """Masked next-token cross-entropy for up to ``cfg.steps`` AdamW steps; returns the loss per step.
 
     With ``cfg.stop_at_loss`` it stops as soon as the mean loss of the last ``STOP_WINDOW`` steps reaches it: a
     warm start defined by how far it got rather than by a step count, which is what keeps the RL start comparable
-    across seeds when the model learns copying after a plateau whose length varies from seed to seed.
+    across seeds when the model learns copying after a plateau whose length varies from seed to seed. ``solves``
+    marks the examples that solve a task (default: all); the stopping loss is theirs alone, so reflection examples
+    (short, quickly learnt hints) do not stop the warm start before the policy can solve.
     """
+    solves = solves if solves is not None else [True] * len(examples)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
@@ -102,11 +106,12 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    losses = []
+    losses, solve_losses = [], []
     model.train()
     bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, unit="step")
     for _ in bar:
-        batch = [examples[i] for i in rng.choice(len(examples), size=min(cfg.batch_size, len(examples)), replace=False)]
+        picked = rng.choice(len(examples), size=min(cfg.batch_size, len(examples)), replace=False)
+        batch = [examples[i] for i in picked]
         T = max(len(x) for x, _ in batch)
         ids = torch.zeros(len(batch), T, dtype=torch.long)
         attn = torch.zeros(len(batch), T, dtype=torch.long)
@@ -120,19 +125,68 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
                                                 reduction="none").view(len(batch), T - 1)
         m = mask[:, 1:]
         loss = (nll * m).sum() / m.sum().clamp(min=1)
+        solving = torch.tensor([solves[i] for i in picked])[:, None] * m
+        solve_loss = ((nll.detach() * solving).sum() / solving.sum()).item() if solving.sum() > 0 else None
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if solve_loss is not None:
+            solve_losses.append(solve_loss)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if cfg.stop_at_loss is not None and len(losses) >= STOP_WINDOW:
-            if float(np.mean(losses[-STOP_WINDOW:])) <= cfg.stop_at_loss:
+        if cfg.stop_at_loss is not None and len(solve_losses) >= STOP_WINDOW:
+            if float(np.mean(solve_losses[-STOP_WINDOW:])) <= cfg.stop_at_loss:
                 bar.set_postfix(loss=f"{loss.item():.3f}", stopped=f"mean loss <= {cfg.stop_at_loss}")
                 break
     model.eval()
     return losses
+
+
+Demos = list[tuple[list[dict], list[dict]]]
+
+
+def reflection_demonstrations(catalog: TaskCatalog, cfg: SFTConfig) -> tuple[Demos, Demos]:
+    """Reflection examples and hint-conditioned solutions (``reflection_demos_per_family``,
+    ``hint_demos_per_family``); see :mod:`amrsd_train.reflection_demos`."""
+    if not (cfg.reflection_demos_per_family or cfg.hint_demos_per_family):
+        return [], []
+    from amrsd_train import reflection, reflection_demos
+
+    templates = reflection.PromptTemplates.load()
+    env = gym.make("AMRSD-All-v0", tasks=catalog)
+    try:
+        # the reflection tasks come after the oracle demos' instances, so the two sets do not overlap
+        ids = [tid for fam in catalog for tid in env.unwrapped.task_ids(
+            "train", cfg.demos_per_family + cfg.reflection_demos_per_family, families=[fam.id]
+        )[cfg.demos_per_family:]]
+    finally:
+        env.close()
+    reflect = reflection_demos.reflection_examples(catalog, ids, cfg.seed, templates) if ids else []
+    hinted: Demos = []
+    if cfg.hint_demos_per_family:
+        # the first oracle episodes of each family again (the same ones the plain demos start with), now with hints
+        plain = collect_demonstrations(catalog, cfg.hint_demos_per_family, cfg.seed)
+        hinted = reflection_demos.hint_conditioned(plain, catalog, cfg.seed, templates)
+    return reflect, hinted
+
+
+WARM_START_VERSION = 2
+"""Bumped when the demonstrations a warm start is made of change (2: reflection and hint-conditioned demos)."""
+
+
+def warm_start_folder(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
+    """Where the trainer caches the tiny model warm-started with ``cfg``: keyed on every setting that changes the
+    result (not ``progress``, ``threads`` or ``output``) and on the tasks folder, so a changed warm start never
+    silently reuses another one's model."""
+    import hashlib
+
+    from amrsd_train import models
+
+    settings = cfg.model_dump(mode="json", exclude={"progress", "threads", "output"})
+    blob = json.dumps({"v": WARM_START_VERSION, "cfg": settings, "tasks_dir": tasks_dir}, sort_keys=True)
+    return models.tiny_model_dir().parent / f"tiny-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
@@ -145,12 +199,15 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
         torch.set_num_threads(cfg.threads)
     catalog = load_env_tasks(cfg.envs, families=cfg.families, path=tasks_dir)
     demos = collect_demonstrations(catalog, cfg.demos_per_family, cfg.seed)
+    reflect, hinted = reflection_demonstrations(catalog, cfg)
+    all_demos = demos + hinted + reflect
+    solves = [True] * (len(demos) + len(hinted)) + [False] * len(reflect)
     out = Path(cfg.output) if cfg.output else models.tiny_model_dir()
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.init == "build_tiny":
             # the tokenizer learns from the conversations exactly as the template renders them (tool schemas
             # included), so the fixed parts of every prompt compress into few tokens
-            corpus = [models.render_chat(msgs, tools, style="compact") for msgs, tools in demos]
+            corpus = [models.render_chat(msgs, tools, style="compact") for msgs, tools in all_demos]
             src = models.build_tiny_model(Path(tmp) / "init", corpus, seed=cfg.seed, vocab_size=cfg.vocab_size)
         else:
             if not cfg.model:
@@ -161,11 +218,12 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
             torch.manual_seed(cfg.seed)
             model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
             chat = ChatTokens(tokenizer)
-            examples = [tokenize_demo(chat, msgs, tools) for msgs, tools in demos]
-            examples = [e for e in examples if len(e[0]) <= cfg.max_len]
-            if not examples:
+            tokenized = [(tokenize_demo(chat, msgs, tools), solve) for (msgs, tools), solve in zip(all_demos, solves)]
+            kept = [(e, solve) for e, solve in tokenized if len(e[0]) <= cfg.max_len]
+            if not kept:
                 raise ValueError(f"every demonstration is longer than max_len={cfg.max_len} tokens")
-            losses = sft(model, examples, cfg)
+            examples = [e for e, _ in kept]
+            losses = sft(model, examples, cfg, solves=[solve for _, solve in kept])
         with models.atomic_output_dir(out, overwrite=True) as final:
             model.save_pretrained(final)
             tokenizer.save_pretrained(final)
