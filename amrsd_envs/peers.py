@@ -1,6 +1,6 @@
 """The peer-rollout buffer: recent finished episodes per task, for meta-reflection.
 
-Reflection (DESIGN section 9a) shows the policy "a successful peer other than me" and "the most common wrong
+Reflection (docs/ALGORITHMS.md, amrsd (a)) shows the policy "a successful peer other than me" and "the most common wrong
 answer" for the task it just attempted. Envs record every finished episode here when given a buffer
 (``gym.make(..., peer_buffer=buf)``); the trainer reads it. The buffer is bounded per task (oldest first out),
 thread-safe, and can persist to SQLite so a resumed run keeps its peers.

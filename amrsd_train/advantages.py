@@ -5,7 +5,7 @@ the shape of each tensor. ``B`` is the number of trajectories in the batch, ``T`
 token length. A *mask* is a ``[B, T]`` tensor of 0/1 (bool or numeric); 1 marks a token the
 function acts on.
 
-The equations are DESIGN.md section 9:
+The equations are docs/ALGORITHMS.md, section amrsd:
 
 * (GRPO)  ``A_i = (r_i - mean_g) / (std_g + eps)``, unbiased std, or Dr. GRPO ``A_i = r_i - mean_g``.
 * (9b)    ``CIG_t = clamp(log pi_T(y_t | x + h) - log pi_T(y_t | x + h_null), -C, C)``.
@@ -282,7 +282,7 @@ def _dr_grpo(rewards: Tensor, group_ids: Tensor | Iterable[Hashable], eps: float
 
 @torch.no_grad()
 def cig(teacher_logp_hint: Tensor, teacher_logp_null: Tensor, mask: Tensor, clip: float) -> Tensor:
-    """Causal Information Gain of the hint on each sampled token (DESIGN 9b).
+    """Causal Information Gain of the hint on each sampled token (docs/ALGORITHMS.md amrsd (b)).
 
     ``CIG_t = clamp(log pi_T(y_t | x + h, y_<t) - log pi_T(y_t | x + h_null, y_<t), -C, C)``,
     0 where ``mask == 0``. For ``cig_baseline: student`` pass the student's old log-probs as
@@ -329,7 +329,7 @@ def asymmetric_gate(
     tau_neg: float = 1.0,
     g_max: float = 2.0,
 ) -> Tensor:
-    """Asymmetric ReLU gate (DESIGN 9c): ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)``, ``s = sign(A_i)``.
+    """Asymmetric ReLU gate (docs/ALGORITHMS.md amrsd (c)): ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)``, ``s = sign(A_i)``.
 
     A positive rollout is gated where the hint made its token more likely (``CIG > tau_+``); a
     negative one where the hint made it less likely (``CIG < -tau_-``), with the stricter
@@ -359,7 +359,7 @@ def asymmetric_gate(
 
 @torch.no_grad()
 def turn_mean(values: Tensor, turn_ids: Tensor, mask: Tensor) -> Tensor:
-    """Each token's value replaced by the mean of ``values`` over its assistant turn (DESIGN 9e).
+    """Each token's value replaced by the mean of ``values`` over its assistant turn (docs/ALGORITHMS.md amrsd (e)).
 
     A turn is the set of tokens of one row sharing a ``turn_id >= 0``; only tokens with
     ``mask == 1`` enter the mean and receive it. Tokens with ``turn_id == -1`` (prompt, tool,
@@ -422,7 +422,7 @@ def _max_gate(token_gate: Tensor, turn_gate: Tensor) -> Tensor:
 def combine_turn_gates(
     token_gate: Tensor, turn_gate: Tensor, mode: Literal["token", "turn", "max"] | str
 ) -> Tensor:
-    """Choose or merge token and turn gates (``turn_gate: token | turn | max``, DESIGN 9e).
+    """Choose or merge token and turn gates (``turn_gate: token | turn | max``, docs/ALGORITHMS.md amrsd (e)).
 
     Args:
         token_gate: ``[B, T]`` gate from per-token CIG.
@@ -451,7 +451,7 @@ def amrsd_gate(
     g_max: float = 2.0,
     turn_tau_scale: float = 0.5,
 ) -> Tensor:
-    """The full AMR-SD gate of DESIGN 9c + 9e: token gate, turn gate, combined by ``mode``.
+    """The full AMR-SD gate of docs/ALGORITHMS.md amrsd (c) + (e): token gate, turn gate, combined by ``mode``.
 
     ``token gate = asymmetric_gate(CIG, A, gate_mask, tau_+, tau_-)``;
     ``turn gate = asymmetric_gate(turn_mean(CIG, turn_ids, gate_mask), A, gate_mask,
@@ -489,7 +489,7 @@ def amrsd_gate(
 
 @torch.no_grad()
 def modulate_advantages(adv: Tensor, gate: Tensor, beta: float, mask: Tensor) -> Tensor:
-    """The modulation of DESIGN 9c given a gate: ``A_hat_{i,t} = A_i * (1 + beta * g_t)``, 0 where ``mask == 0``.
+    """The modulation of docs/ALGORITHMS.md amrsd (c) given a gate: ``A_hat_{i,t} = A_i * (1 + beta * g_t)``, 0 where ``mask == 0``.
 
     With ``beta >= 0`` and ``g >= 0``: ``sign(A_hat) == sign(A)`` and ``|A_hat| >= |A|`` on every
     masked-in token, and ``beta == 0`` gives exactly ``A_i`` broadcast (``1 + 0 * g == 1`` in
@@ -559,7 +559,7 @@ def amrsd_token_advantages(
     turn_gate: Literal["token", "turn", "max"] | str = "token",
     turn_tau_scale: float = 0.5,
 ) -> Tensor:
-    """AMR-SD token advantages (DESIGN 9c + 9e): the asymmetric CIG gate applied to the GRPO advantage.
+    """AMR-SD token advantages (docs/ALGORITHMS.md amrsd (c) + (e)): the asymmetric CIG gate applied to the GRPO advantage.
 
     ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)`` with ``s = sign(A_i)`` (or its turn-mean version, see
     :func:`amrsd_gate`), and ``A_hat_{i,t} = A_i * (1 + beta * g_t)``. The gate is closed (``g = 0``, so
@@ -596,7 +596,7 @@ def beta_schedule(
     end_frac: float = 0.6,
     beta_min: float = 0.0,
 ) -> float:
-    """Temporal annealing of the modulation strength ``beta_k`` (DESIGN 9d).
+    """Temporal annealing of the modulation strength ``beta_k`` (docs/ALGORITHMS.md amrsd (d)).
 
     Piecewise in the training step ``k``, with ``E = end_frac * total_steps``:
 
@@ -677,7 +677,7 @@ def gate_stats(gate: Tensor, adv: Tensor, mask: Tensor, cig: Tensor | None = Non
 
     Keys (all over tokens with ``mask == 1``):
 
-    * ``amrsd/gate_frac``: fraction of tokens with ``g > 0`` (DESIGN 9: sparsity is logged);
+    * ``amrsd/gate_frac``: fraction of tokens with ``g > 0`` (docs/ALGORITHMS.md: sparsity is logged);
     * ``amrsd/gate_mean``: mean ``g``;
     * ``amrsd/gate_frac_pos`` / ``amrsd/gate_frac_neg``: ``g > 0`` fraction in rows with ``A > 0`` / ``A < 0``;
     * ``amrsd/tokens_pos`` / ``amrsd/tokens_neg``: how many tokens those fractions are over;

@@ -9,7 +9,7 @@ micro-batch's logits, metrics, and per-token values kept for ``amrsd-train inspe
 
 =================  =========================================================================================
 ``grpo``           ``A_hat = A_i`` on every sampled token.
-``amrsd``          meta-reflection hint -> teacher CIG -> asymmetric gate -> ``A_i (1 + beta_k g_t)`` (DESIGN 9).
+``amrsd``          meta-reflection hint -> teacher CIG -> asymmetric gate -> ``A_i (1 + beta_k g_t)`` (docs/ALGORITHMS.md).
 ``raw_sd``         SDPO: GRPO term (``pg_coef``) + logit distillation toward the teacher shown the raw reference
                    or a successful peer (``distill_coef``); the over-conditioned baseline.
 ``rlsd``           ``A_i ((1 - lambda) + lambda w_t)``, ``w_t = clip(exp(sign(A_i) delta_t), 1 +- eps)``, ``delta`` the
@@ -214,7 +214,7 @@ class GRPO:
 
 @ALGORITHMS.register("amrsd")
 class AMRSD:
-    """Meta-reflection hints, teacher CIG, asymmetric gate, annealing (DESIGN 9)."""
+    """Meta-reflection hints, teacher CIG, asymmetric gate, annealing (docs/ALGORITHMS.md)."""
 
     uses_teacher = True
     uses_reflection = True
@@ -288,7 +288,7 @@ class RawSD:
         seqs = context_sequences(ctx.chat, batch.trajs, privileged_openings(batch, ctx, context_of))
         has = torch.tensor([ids is not None for ids in seqs.ids])
         distill_mask = batch.mask & has[:, None]
-        aux = _DistillToTeacher(ctx.teacher, seqs, batch, distill_mask, ctx.cfg.raw_sd)
+        aux = _DistillToTeacher(ctx.teacher, seqs, batch, distill_mask, ctx.cfg.raw_sd, ctx.cfg.temperature)
         metrics = {"sd/context_rows_frac": float(has.float().mean())}
         return Credit(ctx.cfg.raw_sd.pg_coef * batch.broadcast(), metrics, aux_loss=aux, hints=dict(context_of))
 
@@ -301,9 +301,13 @@ class _DistillToTeacher:
     mask: Tensor  # [B, T-1]
     cfg: Any  # RawSDConfig
 
+    temperature: float = 1.0
+
     def __call__(self, logits: Tensor, rows: Tensor) -> tuple[Tensor, dict[str, float]]:
         idx = rows.tolist()
         teacher_logits = self.teacher.logits(self.seqs, idx, self.batch.trajs, self.batch.width, logits.device)
+        # both sides at the sampling temperature, as SDPO/TRL distil the distribution that was sampled from
+        logits, teacher_logits = logits / self.temperature, teacher_logits / self.temperature
         loss, stats = sdpo_distill_loss(logits, teacher_logits, self.mask[rows].to(logits.device),
                                         topk=self.cfg.topk, alpha=self.cfg.alpha)
         return self.cfg.distill_coef * loss, stats

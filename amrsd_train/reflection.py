@@ -1,4 +1,4 @@
-"""Meta-reflection between episodes (DESIGN.md section 9a): diagnose a task group, distill a hint, vet it.
+"""Meta-reflection between episodes (docs/ALGORITHMS.md, amrsd (a)): diagnose a task group, distill a hint, vet it.
 
 1. *Diagnose* (:func:`diagnose`): gather, for one task group, the task prompt, each attempt's extracted answer,
    verifier outcome and feedback, one successful peer transcript (the group's first correct attempt, else the
@@ -59,7 +59,7 @@ __all__ = [
 HINT_OPEN = "<hint>"
 HINT_CLOSE = "</hint>"
 NULL_HINT = "(none)"
-"""What the teacher context shows when there is no hint (CIG's null hint, DESIGN 9b)."""
+"""What the teacher context shows when there is no hint (CIG's null hint, docs/ALGORITHMS.md amrsd (b))."""
 REDACTED = "[hidden]"
 """What replaces a gold value in a rendered reflection prompt."""
 NGRAM = 8
@@ -398,7 +398,7 @@ def leak_filter(
     rtol: float = 0.0,
     atol: float = 0.0,
 ) -> LeakVerdict:
-    """Decide whether a generated hint may reach the teacher (DESIGN 9a, phase 3).
+    """Decide whether a generated hint may reach the teacher (docs/ALGORITHMS.md amrsd (a), phase 3).
 
     Only the text inside the tag is checked (it is all the teacher sees). Rejected, in this order:
 
@@ -621,7 +621,7 @@ def diagnose(
     catalog: TaskCatalog | None = None,
     peer_buffer: PeerBuffer | None = None,
 ) -> Diagnosis:
-    """Phase 1: gather one task group's diagnostics (DESIGN 9a).
+    """Phase 1: gather one task group's diagnostics (docs/ALGORITHMS.md amrsd (a)).
 
     Args:
         task: the task instance the group attempted.

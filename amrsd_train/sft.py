@@ -91,9 +91,12 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
     warm start defined by how far it got rather than by a step count, which is what keeps the RL start comparable
     across seeds when the model learns copying after a plateau whose length varies from seed to seed. ``solves``
     marks the examples that solve a task (default: all); the stopping loss is theirs alone, so reflection examples
-    (short, quickly learnt hints) do not stop the warm start before the policy can solve.
+    (short, quickly learnt hints) do not stop the warm start before the policy can solve. Each batch is drawn from
+    one kind (solving or reflecting), with probability proportional to the kind's size.
     """
     solves = solves if solves is not None else [True] * len(examples)
+    pools = [p for p in (np.flatnonzero(solves), np.flatnonzero(~np.asarray(solves, dtype=bool))) if len(p)]
+    weights = np.array([len(p) for p in pools], dtype=float) / len(examples)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
@@ -110,7 +113,9 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
     model.train()
     bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, unit="step")
     for _ in bar:
-        picked = rng.choice(len(examples), size=min(cfg.batch_size, len(examples)), replace=False)
+        # one kind per batch: reflection prompts are ~3x longer than solutions, and a mixed batch pads every row
+        pool = pools[int(rng.choice(len(pools), p=weights))] if len(pools) > 1 else pools[0]
+        picked = pool[rng.choice(len(pool), size=min(cfg.batch_size, len(pool)), replace=False)]
         batch = [examples[i] for i in picked]
         T = max(len(x) for x, _ in batch)
         ids = torch.zeros(len(batch), T, dtype=torch.long)
