@@ -65,6 +65,10 @@ class CompareSpec(BaseModel):
     results: str = Field("docs/RESULTS.md", description="Markdown file whose compare block is (re)written.")
     plot: str = Field("docs/results.png", description="PNG of the eval curves.")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides applied to every run.")
+    summarise_only: bool = Field(
+        False, description="Start no run: rewrite the table and plot from the runs under ROOT that finished (e.g. "
+        "after several compare processes shared the work)."
+    )
 
     @field_validator("algorithms", "long_algorithms", mode="before")
     @classmethod
@@ -528,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"amrsd-train compare: {exc}", file=sys.stderr)
         return 2
+    if spec.summarise_only:
+        return _report(spec, [], "amrsd-train compare " + shlex.join(argv))
     print(f"{len(runs)} runs, configs valid; logs in each run's compare.log", flush=True)
     outcomes = run_all(runs, launch=launch_subprocess)
     return _report(spec, outcomes, "amrsd-train compare " + shlex.join(argv))

@@ -33,6 +33,16 @@ class SFTConfig(BaseModel):
         0, ge=0, description="Hint-conditioned solutions per family: the oracle episode with a vetted hint appended "
         "to the prompt through the teacher template (and as many with the null hint), so the teacher reads hints."
     )
+    reflection_steps: int = Field(
+        0, ge=0, description="Second phase, after the solving warm start stops: this many steps on the reflection "
+        "examples and hint-conditioned solutions (each batch one kind). Mixed into the first phase instead, they "
+        "kept the tiny model on its copying plateau past 560 steps (the first phase alone leaves it in ~200-350)."
+    )
+    reflection_lr: float = Field(
+        2e-4, gt=0, description="Peak lr of the second phase (after 10 warm-up steps, with a fresh optimizer). At the "
+        "first phase's 7e-4 without warm-up it wiped out the copying the first phase had just learnt (held-out pass@1 "
+        "0 afterwards); the plain demonstrations stay in its solving batches for the same reason."
+    )
     steps: int = Field(150, ge=1, description="Optimizer steps (at most, with `stop_at_loss`). Kept small on purpose: "
                        "RL needs headroom.")
     stop_at_loss: float | None = Field(
@@ -55,6 +65,13 @@ class SFTConfig(BaseModel):
     model: str | None = Field(None, description="With init=from_model: the model name or folder to fine-tune.")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's default.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+    @model_validator(mode="after")
+    def _reflection_phase(self) -> "SFTConfig":
+        if (self.reflection_demos_per_family or self.hint_demos_per_family) and not self.reflection_steps:
+            raise ValueError("reflection_demos_per_family / hint_demos_per_family are trained in the second phase: "
+                             "set reflection_steps > 0 (e.g. 100)")
+        return self
 
 
 class ReflectionConfig(BaseModel):

@@ -1,7 +1,7 @@
 """``amrsd_train.run(config)`` and the ``amrsd-train`` command line.
 
     amrsd-train --config configs/tiny-grpo.yaml [key=value ...]    train (resumes from output_dir by default)
-    amrsd-train sft [--config configs/tiny-sft.yaml] [key=value ...] build + warm-start the embedded tiny model
+    amrsd-train sft [--config configs/tiny-amrsd.yaml] [key=value ...] build + warm-start the embedded tiny model
     amrsd-train config-docs                                          print the config reference (markdown)
     amrsd-train compare --config CFG --steps N [--seeds 3 ...]     every algorithm x seed -> docs/RESULTS.md + plot
     amrsd-train inspect RUN_DIR [--step N] [--out FILE]            one step's tokens, A_hat, CIG, hints as an HTML page

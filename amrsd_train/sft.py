@@ -152,6 +152,13 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
 Demos = list[tuple[list[dict], list[dict]]]
 
 
+def _fitting(examples: list[tuple[list[int], list[int]]], max_len: int) -> list[tuple[list[int], list[int]]]:
+    kept = [e for e in examples if len(e[0]) <= max_len]
+    if examples and not kept:
+        raise ValueError(f"every demonstration is longer than max_len={max_len} tokens")
+    return kept
+
+
 def reflection_demonstrations(catalog: TaskCatalog, cfg: SFTConfig) -> tuple[Demos, Demos]:
     """Reflection examples and hint-conditioned solutions (``reflection_demos_per_family``,
     ``hint_demos_per_family``); see :mod:`amrsd_train.reflection_demos`."""
@@ -194,6 +201,17 @@ def warm_start_folder(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
     return models.tiny_model_dir().parent / f"tiny-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def _first_phase_folder(cfg: SFTConfig, out: Path) -> Path:
+    """Where the solving phase's model is kept beside ``out``, keyed on the settings it depends on (all but the
+    second phase's), so tuning ``reflection_steps`` / ``reflection_lr`` does not repeat the long first phase."""
+    import hashlib
+
+    settings = cfg.model_dump(mode="json", exclude={"progress", "threads", "output", "reflection_steps",
+                                                    "reflection_lr"})
+    key = hashlib.sha256(json.dumps({"v": WARM_START_VERSION, "cfg": settings}, sort_keys=True).encode()).hexdigest()
+    return out.parent / f".{out.name}-phase1-{key[:12]}"
+
+
 def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
     """Build (or load) a model, SFT it on oracle demonstrations, save it; returns the saved folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -206,7 +224,6 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
     demos = collect_demonstrations(catalog, cfg.demos_per_family, cfg.seed)
     reflect, hinted = reflection_demonstrations(catalog, cfg)
     all_demos = demos + hinted + reflect
-    solves = [True] * (len(demos) + len(hinted)) + [False] * len(reflect)
     out = Path(cfg.output) if cfg.output else models.tiny_model_dir()
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.init == "build_tiny":
@@ -223,12 +240,27 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
             torch.manual_seed(cfg.seed)
             model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
             chat = ChatTokens(tokenizer)
-            tokenized = [(tokenize_demo(chat, msgs, tools), solve) for (msgs, tools), solve in zip(all_demos, solves)]
-            kept = [(e, solve) for e, solve in tokenized if len(e[0]) <= cfg.max_len]
-            if not kept:
-                raise ValueError(f"every demonstration is longer than max_len={cfg.max_len} tokens")
-            examples = [e for e, _ in kept]
-            losses = sft(model, examples, cfg, solves=[solve for _, solve in kept])
+            plain = _fitting([tokenize_demo(chat, msgs, tools) for msgs, tools in demos], cfg.max_len)
+            first = _first_phase_folder(cfg, out)
+            if (reflect or hinted) and models.is_model_dir(first):
+                # the solving phase of this very configuration ran before (the second phase's settings changed)
+                model = AutoModelForCausalLM.from_pretrained(first, dtype=torch.float32)
+                losses = json.loads((first / "sft_losses.json").read_text())
+            else:
+                losses = sft(model, plain, cfg)
+                if reflect or hinted:
+                    with models.atomic_output_dir(first, overwrite=True) as saved:
+                        model.save_pretrained(saved)
+                        tokenizer.save_pretrained(saved)
+                        (saved / "sft_losses.json").write_text(json.dumps(losses))
+            if reflect or hinted:
+                solving = _fitting([tokenize_demo(chat, m, t) for m, t in hinted], cfg.max_len)
+                reflecting = _fitting([tokenize_demo(chat, m, t) for m, t in reflect], cfg.max_len)
+                phase2 = cfg.model_copy(update={"steps": cfg.reflection_steps, "stop_at_loss": None, "warmup_steps": 10,
+                                                "lr": cfg.reflection_lr, "lr_schedule": "constant"})
+                solving = plain + solving
+                losses += sft(model, solving + reflecting, phase2,
+                              solves=[True] * len(solving) + [False] * len(reflecting))
         with models.atomic_output_dir(out, overwrite=True) as final:
             model.save_pretrained(final)
             tokenizer.save_pretrained(final)
@@ -236,5 +268,6 @@ def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
             if meta is not None:
                 (final / models.METADATA_FILE).write_text(
                     json.dumps({**meta.__dict__, "source": f"{meta.source}; sft {len(losses)} steps on "
-                                f"{len(examples)} oracle demos, final loss {losses[-1]:.4f}"}, indent=2))
+                                f"{len(plain)} oracle demos (+ {len(reflect)} reflection, {len(hinted)} hinted), "
+                                f"final loss {losses[-1]:.4f}"}, indent=2))
     return out

@@ -216,3 +216,19 @@ def test_run_command_and_real_subprocess_log(tmp_path):
     assert launch_subprocess(run) == 2
     log = run.log_path.read_text()
     assert log.startswith(f"\n$ {sys.executable} -m amrsd_train.run") and "cannot read config" in log
+
+
+def test_summarise_only_starts_nothing_and_counts_the_seeds_that_finished(tmp_path, monkeypatch):
+    root, results = tmp_path / "runs", tmp_path / "RESULTS.md"
+    write_run(root / "grpo" / "seed_0", {0: 0.1, 3: 0.5}, checkpoint=3)
+    write_run(root / "grpo" / "seed_1", {0: 0.1, 3: 0.3}, checkpoint=3)
+    write_run(root / "amrsd" / "seed_0", {0: 0.1, 3: 0.6}, checkpoint=3)
+    launched: list[str] = []
+    monkeypatch.setattr(compare, "launch_subprocess", fake_launcher(launched))
+    argv = ["--config", str(write_config(tmp_path)), "--algorithms", "grpo,amrsd", "--seeds", "3", "--steps", "3",
+            "--root", str(root), "--results", str(results), "--plot", str(tmp_path / "results.png"),
+            "--summarise-only", "true"]
+    assert compare.main(argv) == 0 and launched == []
+    text = results.read_text()
+    assert "| grpo | 0.400 ± 0.141 |" in text and "| amrsd | 0.600 |" in text
+    assert not (root / "grpo" / "seed_2").exists()
