@@ -39,7 +39,7 @@ class SFTConfig(BaseModel):
         "kept the tiny model on its copying plateau past 560 steps (the first phase alone leaves it in ~200-350)."
     )
     reflection_lr: float = Field(
-        2e-4, gt=0, description="Peak lr of the second phase (after 10 warm-up steps, with a fresh optimizer). At the "
+        3e-4, gt=0, description="Peak lr of the second phase (after 10 warm-up steps, with a fresh optimizer). At the "
         "first phase's 7e-4 without warm-up it wiped out the copying the first phase had just learnt (held-out pass@1 "
         "0 afterwards); the plain demonstrations stay in its solving batches for the same reason."
     )

@@ -92,11 +92,11 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
     across seeds when the model learns copying after a plateau whose length varies from seed to seed. ``solves``
     marks the examples that solve a task (default: all); the stopping loss is theirs alone, so reflection examples
     (short, quickly learnt hints) do not stop the warm start before the policy can solve. Each batch is drawn from
-    one kind (solving or reflecting), with probability proportional to the kind's size.
+    one kind (solving or reflecting), the two kinds equally often: the reflection examples are few, and drawn in
+    proportion to their number the tiny model had not learnt to write a hint after 100 steps (loss 5.8).
     """
     solves = solves if solves is not None else [True] * len(examples)
     pools = [p for p in (np.flatnonzero(solves), np.flatnonzero(~np.asarray(solves, dtype=bool))) if len(p)]
-    weights = np.array([len(p) for p in pools], dtype=float) / len(examples)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
@@ -114,7 +114,7 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
     bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, unit="step")
     for _ in bar:
         # one kind per batch: reflection prompts are ~3x longer than solutions, and a mixed batch pads every row
-        pool = pools[int(rng.choice(len(pools), p=weights))] if len(pools) > 1 else pools[0]
+        pool = pools[int(rng.integers(len(pools)))] if len(pools) > 1 else pools[0]
         picked = pool[rng.choice(len(pool), size=min(cfg.batch_size, len(pool)), replace=False)]
         batch = [examples[i] for i in picked]
         T = max(len(x) for x, _ in batch)
@@ -209,7 +209,7 @@ def _first_phase_folder(cfg: SFTConfig, out: Path) -> Path:
     settings = cfg.model_dump(mode="json", exclude={"progress", "threads", "output", "reflection_steps",
                                                     "reflection_lr"})
     key = hashlib.sha256(json.dumps({"v": WARM_START_VERSION, "cfg": settings}, sort_keys=True).encode()).hexdigest()
-    return out.parent / f".{out.name}-phase1-{key[:12]}"
+    return out.parent / f".tiny-phase1-{key[:12]}"
 
 
 def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
