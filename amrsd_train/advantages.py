@@ -329,7 +329,7 @@ def asymmetric_gate(
     tau_neg: float = 1.0,
     g_max: float = 2.0,
 ) -> Tensor:
-    """Asymmetric ReLU gate (docs/ALGORITHMS.md amrsd (c)): ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)``, ``s = sign(A_i)``.
+    """Asymmetric ReLU gate (ALGORITHMS.md amrsd (c)): ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)``, ``s = sign(A_i)``.
 
     A positive rollout is gated where the hint made its token more likely (``CIG > tau_+``); a
     negative one where the hint made it less likely (``CIG < -tau_-``), with the stricter
@@ -489,7 +489,7 @@ def amrsd_gate(
 
 @torch.no_grad()
 def modulate_advantages(adv: Tensor, gate: Tensor, beta: float, mask: Tensor) -> Tensor:
-    """The modulation of docs/ALGORITHMS.md amrsd (c) given a gate: ``A_hat_{i,t} = A_i * (1 + beta * g_t)``, 0 where ``mask == 0``.
+    """The modulation of ALGORITHMS.md amrsd (c) given a gate: ``A_hat_{i,t} = A_i * (1 + beta * g_t)``, 0 off ``mask``.
 
     With ``beta >= 0`` and ``g >= 0``: ``sign(A_hat) == sign(A)`` and ``|A_hat| >= |A|`` on every
     masked-in token, and ``beta == 0`` gives exactly ``A_i`` broadcast (``1 + 0 * g == 1`` in
@@ -559,7 +559,7 @@ def amrsd_token_advantages(
     turn_gate: Literal["token", "turn", "max"] | str = "token",
     turn_tau_scale: float = 0.5,
 ) -> Tensor:
-    """AMR-SD token advantages (docs/ALGORITHMS.md amrsd (c) + (e)): the asymmetric CIG gate applied to the GRPO advantage.
+    """AMR-SD token advantages (ALGORITHMS.md amrsd (c) + (e)): the asymmetric CIG gate applied to the GRPO advantage.
 
     ``g_t = min(ReLU(s * CIG_t - tau_s), g_max)`` with ``s = sign(A_i)`` (or its turn-mean version, see
     :func:`amrsd_gate`), and ``A_hat_{i,t} = A_i * (1 + beta * g_t)``. The gate is closed (``g = 0``, so

@@ -9,7 +9,7 @@ micro-batch's logits, metrics, and per-token values kept for ``amrsd-train inspe
 
 =================  =========================================================================================
 ``grpo``           ``A_hat = A_i`` on every sampled token.
-``amrsd``          meta-reflection hint -> teacher CIG -> asymmetric gate -> ``A_i (1 + beta_k g_t)`` (docs/ALGORITHMS.md).
+``amrsd``          meta-reflection hint -> teacher CIG -> asymmetric gate -> ``A_i (1 + beta_k g_t)``.
 ``raw_sd``         SDPO: GRPO term (``pg_coef``) + logit distillation toward the teacher shown the raw reference
                    or a successful peer (``distill_coef``); the over-conditioned baseline.
 ``rlsd``           ``A_i ((1 - lambda) + lambda w_t)``, ``w_t = clip(exp(sign(A_i) delta_t), 1 +- eps)``, ``delta`` the

@@ -203,8 +203,9 @@ class TrainConfig(BaseModel):
 
     # -- algorithm ------------------------------------------------------------------------------------------------
     algorithm: Literal["grpo", "amrsd", "raw_sd", "rlsd", "gcpo", "entropy_realloc"] = Field(
-        "amrsd", description="How a verified batch becomes token advantages (and extra loss terms): `amrsd` (reflection "
-        "hints, CIG gate, annealing), `grpo`, and the baselines `raw_sd`, `rlsd`, `gcpo`, `entropy_realloc`."
+        "amrsd", description="How a verified batch becomes token advantages (and extra loss terms): `amrsd` "
+        "(reflection hints, CIG gate, annealing), `grpo`, and the baselines `raw_sd`, `rlsd`, `gcpo`, "
+        "`entropy_realloc`."
     )
     adv_estimator: Literal["grpo", "dr_grpo"] = Field(
         "grpo", description="Sequence advantage A_i: `grpo` (r-mean)/(std+eps), `dr_grpo` r-mean (Dr. GRPO)."

@@ -134,7 +134,7 @@ _ARG_VALUE = re.compile(r':\s*("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)')
 
 
 def answer_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of an assistant message that state an answer (docs/ALGORITHMS.md amrsd (c): the gate stays closed there).
+    """Character spans of an assistant message that state an answer (ALGORITHMS.md amrsd (c): the gate stays closed).
 
     The content of each ``\\boxed{...}`` (balanced braces), the text after ``Final answer:`` / ``Answer:`` up to the
     end of its line, and every argument value of a tool call (the values after ``"arguments":``, not the keys or the

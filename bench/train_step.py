@@ -149,8 +149,8 @@ def train_config(args: argparse.Namespace, model_dir: Path, **extra: Any):
     from amrsd_train.config import TrainConfig
 
     return TrainConfig(
-        model=str(model_dir), families=[args.family], tasks_per_step=args.tasks, group_size=args.group,
-        micro_batch_size=args.micro_batch, mini_batches=1, ppo_epochs=1, clip_low=0.2, clip_high=0.2,
+        model=str(model_dir), algorithm="grpo", families=[args.family], tasks_per_step=args.tasks,
+        group_size=args.group, micro_batch_size=args.micro_batch, mini_batches=1, ppo_epochs=1, clip_low=0.2, clip_high=0.2,
         dual_clip=None,  # TRL has no dual-clip; without it the two per-token formulas are the same
         loss_agg="token-mean", kl_coef=0.0, lr=1e-5, lr_schedule="constant", max_grad_norm=1.0,
         temperature=1.0, max_new_tokens=args.max_new_tokens, threads=args.threads, seed=args.seed, progress=False,
@@ -203,14 +203,14 @@ def make_batch(cfg, model, tokenizer, tries: int):
             seconds = time.perf_counter() - t0
             rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
             group_ids = torch.tensor([t.group_id for t in trajs])
-            adv = grpo_advantages(rewards, group_ids, norm_by_std=cfg.norm_adv_by_std, eps=cfg.adv_eps)
+            adv = grpo_advantages(rewards, group_ids, norm_by_std=cfg.adv_estimator == "grpo", eps=cfg.adv_eps)
             if bool((adv != 0).any()):
                 return BatchInfo(trajs, adv, seconds, float(rewards.mean()), step + 1, False)
     finally:
         for env in envs:
             env.close()
     synthetic = torch.tensor([1.0 if k % cfg.group_size < cfg.group_size // 2 else 0.0 for k in range(n)])
-    adv = grpo_advantages(synthetic, group_ids, norm_by_std=cfg.norm_adv_by_std, eps=cfg.adv_eps)
+    adv = grpo_advantages(synthetic, group_ids, norm_by_std=cfg.adv_estimator == "grpo", eps=cfg.adv_eps)
     return BatchInfo(trajs, adv, seconds, float(rewards.mean()), tries, True)
 
 
@@ -302,6 +302,7 @@ def write_batch_file(path: Path, model_dir: Path, cfg, trajs, batch, adv, micro)
 def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Path) -> None:
     import torch
 
+    from amrsd_train.algorithms import Credit
     from amrsd_train.trainer import _collate, _load_policy, _logprobs, _lr_lambda, _update
 
     cfg = train_config(args, model_dir)
@@ -315,6 +316,8 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
     tokens = sum(len(t.input_ids) for t in trajs)
     trained = sum(t.response_length for t in trajs)
     batch = _collate(trajs, cfg.device)
+    # GRPO's token credit: A_i on every sampled token, as the trainer's `grpo` algorithm hands it to _update
+    credit = Credit(torch.where(batch["loss_mask"] > 0, adv[:, None], torch.zeros(())))
     model.eval()
     batch["old_logp"] = _logprobs(model, batch, no_grad=True)
     micro = micro_batch_rows(cfg, B, step=0)
@@ -356,7 +359,7 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
             batch["old_logp"] = _logprobs(model, batch, no_grad=True)
             t1 = time.perf_counter()
             model.train()
-            upd = _update(cfg, model, optimizer, scheduler, batch, adv, None, 0)
+            upd = _update(cfg, model, optimizer, scheduler, batch, credit, None, 0)
             t2 = time.perf_counter()
             t_trl_score = worker.ask("score")["seconds"]
             trl_upd = worker.ask("update")
