@@ -180,14 +180,16 @@ def is_leak(verdict: reflection.LeakVerdict) -> bool:
     return not verdict.ok and verdict.reason.startswith(("contains", "names", "copies"))
 
 
-def hint_metrics(results: list[reflection.HintResult], n_groups: int) -> dict[str, float]:
+def hint_metrics(results: list[reflection.HintResult], n_reflected: int, n_groups: int) -> dict[str, float]:
+    """Hint statistics of one step: ``n_reflected`` of the step's ``n_groups`` groups were diagnosed (one result per
+    group, or per attempt with ``granularity: rollout``)."""
     samples = [v for r in results for v in r.verdicts]
     rejected = Counter(_reason_kind(v.reason) for v in samples if not v.ok)
     leaks = sum(1 for v in samples if is_leak(v))
     accepted = [r for r in results if r.hint is not None]
     out = {
         "reflect/jobs": float(len(results)),
-        "reflect/groups_with_signal_frac": len(results) / max(1, n_groups),
+        "reflect/groups_with_signal_frac": n_reflected / max(1, n_groups),
         "reflect/accept_rate": len(accepted) / max(1, len(results)),
         "reflect/leak_rate": leaks / max(1, len(samples)),
         "reflect/samples": float(len(samples)),
@@ -273,7 +275,7 @@ class AMRSD:
         for res, rows in zip(results, job_rows):
             for r in rows:
                 hints[r], context_of[r] = res, res.hint
-        return hints, hint_metrics(results, len(batch.groups())), context_of
+        return hints, hint_metrics(results, len(found), len(batch.groups())), context_of
 
 
 @ALGORITHMS.register("raw_sd")
