@@ -188,28 +188,32 @@ WARM_START_VERSION = 2
 """Bumped when the demonstrations a warm start is made of change (2: reflection and hint-conditioned demos)."""
 
 
+_NOT_RESULT = {"progress", "threads", "output"}  # SFT settings that do not change the model it makes
+
+
+def _cache_key(**payload: object) -> str:
+    """12 hex digits naming a cached model: the warm-start version and ``payload`` (JSON, sorted keys)."""
+    import hashlib
+
+    blob = json.dumps({"v": WARM_START_VERSION, **payload}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def warm_start_folder(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
     """Where the trainer caches the tiny model warm-started with ``cfg``: keyed on every setting that changes the
     result (not ``progress``, ``threads`` or ``output``) and on the tasks folder, so a changed warm start never
     silently reuses another one's model."""
-    import hashlib
-
     from amrsd_train import models
 
-    settings = cfg.model_dump(mode="json", exclude={"progress", "threads", "output"})
-    blob = json.dumps({"v": WARM_START_VERSION, "cfg": settings, "tasks_dir": tasks_dir}, sort_keys=True)
-    return models.tiny_model_dir().parent / f"tiny-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    key = _cache_key(cfg=cfg.model_dump(mode="json", exclude=_NOT_RESULT), tasks_dir=tasks_dir)
+    return models.tiny_model_dir().parent / f"tiny-{key}"
 
 
 def _first_phase_folder(cfg: SFTConfig, out: Path) -> Path:
     """Where the solving phase's model is kept beside ``out``, keyed on the settings it depends on (all but the
     second phase's), so tuning ``reflection_steps`` / ``reflection_lr`` does not repeat the long first phase."""
-    import hashlib
-
-    settings = cfg.model_dump(mode="json", exclude={"progress", "threads", "output", "reflection_steps",
-                                                    "reflection_lr"})
-    key = hashlib.sha256(json.dumps({"v": WARM_START_VERSION, "cfg": settings}, sort_keys=True).encode()).hexdigest()
-    return out.parent / f".tiny-phase1-{key[:12]}"
+    settings = cfg.model_dump(mode="json", exclude=_NOT_RESULT | {"reflection_steps", "reflection_lr"})
+    return out.parent / f".tiny-phase1-{_cache_key(cfg=settings)}"
 
 
 def warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
