@@ -33,6 +33,44 @@ class TrainState:
         return json.dumps({"step": self.step, "config": self.config, "best": self.best}, indent=2)
 
 
+# Fields that change where and how a run reports, never what it computes: resuming with them changed still gives
+# the uninterrupted run. (Evaluation draws from its own seeded generator and records no peers.)
+RESUME_SAFE_FIELDS = frozenset({
+    "output_dir", "resume", "resume_allow_changes", "progress", "tensorboard", "checkpoint_every",
+    "keep_checkpoints", "inspect_groups", "eval_every", "eval_tasks", "eval_k", "eval_temperature",
+})
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Every dotted field whose value differs between two dumped configs: ``{"amrsd.beta_max": (1.0, 2.0)}``."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(saved) | set(new)):
+        a, b = saved.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = (a, b)
+    return changes
+
+
+def check_resume_config(checkpoint: Path, new: dict[str, Any]) -> None:
+    """Refuse to resume when the config changed in a field that breaks exact resume; name every such field.
+
+    Reads only the checkpoint's ``state.json``, so a refused resume costs nothing (checked before the model loads).
+    """
+    saved = json.loads((checkpoint / "state.json").read_text())["config"]
+    allowed = set(new.get("resume_allow_changes") or [])
+    breaking = {k: v for k, v in config_changes(saved, new).items()
+                if k.split(".")[0] not in RESUME_SAFE_FIELDS and k not in allowed and k.split(".")[0] not in allowed}
+    if breaking:
+        lines = "\n".join(f"  {k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in breaking.items())
+        raise ValueError(
+            f"cannot resume from {checkpoint}: the config changed in fields that break exact resume:\n{lines}\n"
+            f"Restore them, start a fresh run (resume=never or another output_dir), or accept the change with "
+            f"resume_allow_changes=[{', '.join(breaking)}]."
+        )
+
+
 def rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),

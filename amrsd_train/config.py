@@ -263,6 +263,12 @@ class TrainConfig(BaseModel):
     resume: Literal["auto", "never"] | str = Field(
         "auto", description="`auto`: continue from the latest checkpoint in output_dir; `never`; or a checkpoint path."
     )
+    resume_allow_changes: list[str] = Field(
+        default_factory=list,
+        description="Config fields (dotted, e.g. `total_steps`, `amrsd.beta_max`) that may differ from the checkpoint's "
+        "config on resume. Any other change is refused, because the continued run would no longer equal an "
+        "uninterrupted one.",
+    )
     tensorboard: bool = Field(False, description="Also write TensorBoard scalars (needs `tensorboard`).")
     peers_per_task: int = Field(16, ge=1, description="PeerBuffer bound per task id.")
     seed: int = Field(0, description="Seeds task sampling, generation and init; a run is a function of its seed.")
