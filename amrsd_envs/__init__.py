@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from amrsd_envs.catalog import TaskCatalog, TaskFamily, TaskInstance, load_task_file, load_tasks
     from amrsd_envs.env import AMRSDEnv
     from amrsd_envs.errors import TaskSpecError
-    from amrsd_envs.evaluate import EvalReport, evaluate
+    from amrsd_envs.evaluate import EvalReport
     from amrsd_envs.peers import PeerBuffer
 
+# `evaluate` is not re-exported: the submodule amrsd_envs.evaluate would shadow a function of the same name as soon as
+# it is imported. Use `from amrsd_envs.evaluate import evaluate`.
 _LAZY = {
     "load_tasks": "amrsd_envs.catalog",
     "load_task_file": "amrsd_envs.catalog",
@@ -43,7 +45,6 @@ _LAZY = {
     "TaskInstance": "amrsd_envs.catalog",
     "AMRSDEnv": "amrsd_envs.env",
     "TaskSpecError": "amrsd_envs.errors",
-    "evaluate": "amrsd_envs.evaluate",
     "EvalReport": "amrsd_envs.evaluate",
     "PeerBuffer": "amrsd_envs.peers",
 }

@@ -1,6 +1,6 @@
 """Embedded default models: built locally or shipped inside a PyPI package, never downloaded from a hub.
 
-Two names resolve without network access (DESIGN.md section 10):
+Two names resolve without network access (docs/ARCHITECTURE.md section 2, `models.py`; README.md, "Embedded models"):
 
 * ``tiny``: a small Qwen2-architecture causal LM and a byte-level BPE tokenizer, both built here from a
   corpus (:func:`build_tiny_model`). The trainer's ``sft`` command builds it and warm-starts it on oracle

@@ -1,4 +1,4 @@
-"""Tests of amrsd_train.advantages: hand-computed values, loop references, DESIGN 9 invariants."""
+"""Tests of amrsd_train.advantages: hand-computed values, loop references, docs/ALGORITHMS.md's amrsd invariants."""
 
 from __future__ import annotations
 
@@ -333,7 +333,7 @@ def test_amrsd_gate_turn_mode_halves_thresholds():
         amrsd_gate(c, adv, gm, tid, "both")
 
 
-# ------------------------------------------------------------------ token advantages and DESIGN 9 invariants
+# ------------------------------------------- token advantages and the invariants of docs/ALGORITHMS.md amrsd (c)
 
 
 def test_modulate_advantages_hand_computed():

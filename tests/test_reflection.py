@@ -1,5 +1,5 @@
-"""Meta-reflection (DESIGN 9a): the leak filter, diagnosis on the real catalog and peer buffer, the prompts, and the
-Reflector on a real tiny model through the real hf engine."""
+"""Meta-reflection (docs/ALGORITHMS.md, amrsd (a)): the leak filter, diagnosis on the real catalog and peer buffer,
+the prompts, and the Reflector on a real tiny model through the real hf engine."""
 
 from __future__ import annotations
 
