@@ -31,13 +31,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, get_args
+from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from amrsd_train.algorithms import ALGORITHMS as _REGISTRY
 from amrsd_train.config import TrainConfig, validated
 
-ALGORITHMS: tuple[str, ...] = get_args(TrainConfig.model_fields["algorithm"].annotation)
+ALGORITHMS: tuple[str, ...] = _REGISTRY.names()  # the built-ins; a name registered later is checked at run time
 DEFAULT_ALGORITHMS = ("grpo", "raw_sd", "rlsd", "gcpo", "entropy_realloc", "amrsd")
 RUN_KEYS = ("algorithm", "seed", "total_steps", "output_dir")  # set by compare for each run, never by an override
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
@@ -81,9 +82,9 @@ class CompareSpec(BaseModel):
         if not value:
             raise ValueError("no algorithm given; name at least one, e.g. grpo,amrsd")
         for name in value:
-            if name not in ALGORITHMS:
-                close = difflib.get_close_matches(name, ALGORITHMS, n=1)
-                raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}"
+            if name not in _REGISTRY:
+                close = difflib.get_close_matches(name, _REGISTRY.names(), n=1)
+                raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(_REGISTRY.names())}"
                                  + (f"; did you mean {close[0]!r}?" if close else ""))
         if len(set(value)) != len(value):
             raise ValueError(f"an algorithm is listed twice in {','.join(value)}; list each once")

@@ -202,10 +202,10 @@ class TrainConfig(BaseModel):
     )
 
     # -- algorithm ------------------------------------------------------------------------------------------------
-    algorithm: Literal["grpo", "amrsd", "raw_sd", "rlsd", "gcpo", "entropy_realloc"] = Field(
+    algorithm: str = Field(
         "amrsd", description="How a verified batch becomes token advantages (and extra loss terms): `amrsd` "
         "(reflection hints, CIG gate, annealing), `grpo`, and the baselines `raw_sd`, `rlsd`, `gcpo`, "
-        "`entropy_realloc`."
+        "`entropy_realloc`; any name registered in `amrsd_train.algorithms.ALGORITHMS`."
     )
     adv_estimator: Literal["grpo", "dr_grpo"] = Field(
         "grpo", description="Sequence advantage A_i: `grpo` (r-mean)/(std+eps), `dr_grpo` r-mean (Dr. GRPO)."
@@ -286,7 +286,10 @@ class TrainConfig(BaseModel):
             raise ValueError("eval_k > 1 needs sampling: set eval_temperature > 0 (e.g. 1.0) or eval_k = 1")
         if self.group_size == 1:
             raise ValueError("group_size = 1 gives every GRPO advantage 0 (nothing to learn); use group_size >= 2")
+        from amrsd_train.algorithms import ALGORITHMS
         from amrsd_train.engines import engine_kinds
+
+        ALGORITHMS.get(self.algorithm)  # an unknown name raises, listing the registered ones
 
         if self.engine not in engine_kinds():
             close = difflib.get_close_matches(self.engine, engine_kinds(), n=1)
