@@ -15,6 +15,18 @@ the layout Qwen2.5's chat template produces, so SFT data and parsing agree:
 The JSON body is read with :meth:`json.JSONDecoder.raw_decode` starting right after the opening tag,
 not by splitting on the closing tag, so an argument that itself contains ``</tool_call>`` (say, Python
 code that prints it) is parsed correctly.
+
+Keys accepted in a call body, matched against vLLM's ``hermes`` tool parser (which reads only
+``obj["name"]`` and ``obj["arguments"]`` and ignores everything else):
+
+- ``"name"``: required, a non-empty string (vLLM also fails without it; it would pass ``""`` on);
+- ``"arguments"``: a JSON object, or a JSON string that decodes to one (the OpenAI wire format; vLLM
+  would forward such a string re-encoded, we decode it), or ``null`` -> ``{}``. Anything else (a list,
+  a number, a string that is not a JSON object) is an error, as it is not a call a tool can take;
+- any other top-level key (``"id": "call_1"``, ``"type": "function"``, ...) is ignored, as vLLM does;
+- ``"arguments"`` may be left out (-> ``{}``; vLLM would fail) only when the other keys are call metadata
+  (:data:`METADATA_KEYS`): ``{"name": "f", "parameters": {...}}`` is an error, not a call of ``f``
+  with no arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from typing import Any
 
 __all__ = [
     "CLOSE_TAG",
+    "METADATA_KEYS",
     "OPEN_TAG",
     "ParsedToolCalls",
     "ToolCall",
@@ -36,6 +49,9 @@ __all__ = [
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
+# Top-level keys models add beside "name"/"arguments" (OpenAI-style call metadata); ignored, like every other extra
+# key, and also the only extra keys allowed when "arguments" is absent.
+METADATA_KEYS = frozenset({"id", "type", "index", "call_id"})
 
 _JSON_DECODER = json.JSONDecoder()
 
@@ -97,12 +113,6 @@ def _call_from_object(obj: Any, label: str) -> ToolCall | str:
             f"{label}: expected a JSON object like "
             f'{{"name": "...", "arguments": {{...}}}}, got {type(obj).__name__}'
         )
-    unexpected = sorted(set(obj) - {"name", "arguments"})
-    if unexpected:
-        return (
-            f"{label}: unexpected key(s) {unexpected}; a call has only "
-            f'"name" and "arguments"'
-        )
     if "name" not in obj:
         return f'{label}: missing "name" (the tool to call)'
     name = obj["name"]
@@ -110,6 +120,15 @@ def _call_from_object(obj: Any, label: str) -> ToolCall | str:
         return f'{label}: "name" must be a string, got {type(name).__name__}'
     if not name:
         return f'{label}: "name" must be a non-empty string'
+    if "arguments" not in obj:
+        # Without "arguments" the call means "no arguments" only when nothing else could have held them: a body
+        # like {"name": "f", "parameters": {...}} must not silently run f with no arguments.
+        misplaced = [key[:40] for key in sorted(set(obj) - {"name"} - METADATA_KEYS)[:5]]
+        if misplaced:
+            return (
+                f'{label} ({name[:60]!r}): missing "arguments" (found key(s) {misplaced}); put the '
+                f'tool\'s arguments under "arguments"'
+            )
     arguments = obj.get("arguments", {})
     if arguments is None:
         arguments = {}
@@ -131,10 +150,12 @@ def parse_tool_calls(text: str) -> ParsedToolCalls:
     """Find every ``<tool_call>`` block in ``text``; never raises on any ``str``.
 
     Rules: the body must be one JSON object ``{"name": str, "arguments": object}`` followed
-    (whitespace allowed) by ``</tool_call>``; ``arguments`` may be missing or null (-> ``{}``) or a
-    JSON string that decodes to an object. An unclosed final block is parsed to the end of the
-    text and accepted if its JSON is complete. A malformed block yields an error and parsing
-    continues with the next block, so one bad call does not hide the others.
+    (whitespace allowed) by ``</tool_call>``; ``arguments`` may be null (-> ``{}``) or a JSON string
+    that decodes to an object, and missing (-> ``{}``) when no non-metadata key could hold it; other
+    top-level keys such as ``"id"`` and ``"type"`` are ignored (see the module docstring). An
+    unclosed final block is parsed to the end of the text and accepted if its JSON is complete. A
+    malformed block yields an error and parsing continues with the next block, so one bad call does
+    not hide the others.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_tool_calls expects str, got {type(text).__name__}")

@@ -68,7 +68,10 @@ def test_bad_json_keeps_other_calls_and_names_the_index():
         ('{"name": "f", "arguments": "not json"}', "not valid JSON"),
         ('{"name": "f", "arguments": "[1]"}', '"arguments" must be a JSON object'),
         ('["f", {}]', "expected a JSON object"),
-        ('{"name": "f", "parameters": {"x": 1}}', "unexpected key(s) ['parameters']"),
+        ('{"name": "f", "parameters": {"x": 1}}', 'missing "arguments" (found key(s) [\'parameters\'])'),
+        ('{"name": "f", "id": "c1", "args": {"x": 1}}', 'missing "arguments" (found key(s) [\'args\'])'),
+        ('{"id": "call_1", "type": "function", "arguments": {}}', 'missing "name"'),
+        ('{"name": "f", "id": "call_1", "arguments": 3}', '"arguments" must be a JSON object'),
         ('{"name": "f", "arguments": {}} trailing', "unexpected text after the JSON object"),
     ],
 )
@@ -91,6 +94,57 @@ def test_arguments_as_json_string_are_decoded():
 def test_missing_or_null_arguments_mean_empty(body):
     parsed = parse_tool_calls(f"<tool_call>{body}</tool_call>")
     assert parsed.calls == [ToolCall("f", {})]
+
+
+# -- extra keys, as vLLM's hermes parser reads calls ------------------------------------------------------
+# vLLM (vllm/tool_parsers/hermes_tool_parser.py, Hermes2ProToolParser.extract_tool_calls) does json.loads on each
+# <tool_call> body and reads only obj["name"] and obj["arguments"]: any other top-level key is ignored; a missing
+# "name" (KeyError) or a non-string one (FunctionCall validation) drops the call. The bodies below are adapted from
+# vLLM's tests/tool_parsers/test_hermes_tool_parser.py (test_hermes_parser_streaming_failure_case_bug_19056,
+# test_hermes_parser_streaming, test_hermes_streaming_content_then_tool_call_with_stream_interval) with the
+# metadata keys models emit added.
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            '{"name": "final_answer", "arguments": {"trigger": true}, "id": "call_1"}',
+            ToolCall("final_answer", {"trigger": True}),
+        ),
+        (
+            '{"id": "call_1", "type": "function", "name": "get_weather", "arguments": {"city": "NYC"}}',
+            ToolCall("get_weather", {"city": "NYC"}),
+        ),
+        (
+            '{"name": "get_current_temperature",\n"arguments": {"location":\n"San Francisco, California, United '
+            'States", "unit": "celsius"}, "index": 0}',
+            ToolCall(
+                "get_current_temperature",
+                {"location": "San Francisco, California, United States", "unit": "celsius"},
+            ),
+        ),
+        ('{"name": "f", "arguments": {"x": 1}, "thought": "because"}', ToolCall("f", {"x": 1})),
+        ('{"name": "f", "arguments": "{\\"x\\": 1}", "id": "c"}', ToolCall("f", {"x": 1})),
+        ('{"name": "f", "id": "call_9", "type": "function"}', ToolCall("f", {})),
+    ],
+)
+def test_extra_top_level_keys_are_ignored_like_vllm(body, expected):
+    parsed = parse_tool_calls(f"Sure, let me check the weather.<tool_call>{body}</tool_call>")
+    assert parsed.errors == []
+    assert parsed.calls == [expected]
+    assert parsed.content == "Sure, let me check the weather."
+
+
+def test_extra_keys_do_not_hide_the_next_call():
+    text = (
+        '<tool_call>{"name": "a", "arguments": {}, "id": "call_1"}</tool_call>\n'
+        '<tool_call>{"type": "function", "arguments": {}}</tool_call>\n'
+        '<tool_call>{"name": "c", "arguments": {"k": 1}, "type": "function"}</tool_call>'
+    )
+    parsed = parse_tool_calls(text)
+    assert [c.name for c in parsed.calls] == ["a", "c"]
+    assert len(parsed.errors) == 1 and parsed.errors[0].startswith("tool call #2:")
 
 
 def test_unclosed_final_call_with_valid_json_is_accepted():

@@ -6,8 +6,10 @@ whatever script the parent is. Protocol, over two inherited pipe fds wrapped in
 
 - worker -> parent, once: ``("ready", pid)`` after Math-Verify is imported;
 - parent -> worker: ``(gold, answer, float_rounding, numeric_precision, strict)``;
-- worker -> parent: ``(status, detail)`` with status one of ``equal``, ``not_equal``, ``gold_unparsed``,
-  ``answer_unparsed``, ``error``.
+- worker -> parent: ``(status, detail, pick)`` with status one of ``equal``, ``not_equal``, ``gold_unparsed``,
+  ``answer_unparsed``, ``error``; ``pick`` is the string Math-Verify's ``parse`` extracted from the answer (its
+  ``first_match`` fallback string; ``""`` when it extracted nothing). The answer may be a ``$...$``-wrapped final
+  answer or a whole model response: the worker does the same ``parse`` (default extraction configs) on both.
 
 Math-Verify's own signal-based timeouts are off: the parent enforces the timeout by killing this process.
 The worker exits when the request pipe closes (parent gone) and, on Linux, when the parent dies (PDEATHSIG).
@@ -63,16 +65,23 @@ def _parse_gold(gold: str) -> tuple[Any, ...]:
     return tuple(parse(gold, parsing_timeout=None))  # type: ignore[arg-type]
 
 
-def compare(gold: str, answer: str, float_rounding: int, numeric_precision: int, strict: bool) -> tuple[str, str]:
+def _pick(parsed: list[Any]) -> str:
+    """The string Math-Verify extracted (``parse`` appends it, as a str, after the parsed value)."""
+    return parsed[-1] if parsed and isinstance(parsed[-1], str) else ""
+
+
+def compare(
+    gold: str, answer: str, float_rounding: int, numeric_precision: int, strict: bool
+) -> tuple[str, str, str]:
     """Math-Verify ``verify(parse(gold), parse(answer))`` (gold first: the relation is not symmetric)."""
     from math_verify import parse, verify
 
     gold_parsed = _parse_gold(gold)
     if not gold_parsed:
-        return "gold_unparsed", f"Math-Verify extracted nothing from the gold {gold!r}"
+        return "gold_unparsed", f"Math-Verify extracted nothing from the gold {gold!r}", ""
     answer_parsed = parse(answer, parsing_timeout=None)  # type: ignore[arg-type]
     if not answer_parsed:
-        return "answer_unparsed", "Math-Verify extracted nothing from the answer"
+        return "answer_unparsed", "Math-Verify extracted nothing from the answer", ""
     ok = verify(
         list(gold_parsed),
         answer_parsed,
@@ -81,7 +90,7 @@ def compare(gold: str, answer: str, float_rounding: int, numeric_precision: int,
         strict=strict,
         timeout_seconds=None,  # type: ignore[arg-type]
     )
-    return ("equal" if ok else "not_equal"), ""
+    return ("equal" if ok else "not_equal"), "", _pick(answer_parsed)
 
 
 def main(argv: list[str]) -> int:
@@ -102,13 +111,13 @@ def main(argv: list[str]) -> int:
         except (EOFError, OSError):
             return 0
         try:
-            status, detail = compare(*req)
+            status, detail, pick = compare(*req)
         except MemoryError:
-            status, detail = "error", "MemoryError (worker memory limit)"
+            status, detail, pick = "error", "MemoryError (worker memory limit)", ""
         except Exception as exc:  # a sympy/Math-Verify bug on odd input must not end the worker
-            status, detail = "error", f"{type(exc).__name__}: {exc}"[:500]
+            status, detail, pick = "error", f"{type(exc).__name__}: {exc}"[:500], ""
         try:
-            replies.send((status, detail))
+            replies.send((status, detail, pick))
         except (EOFError, OSError):
             return 0
 

@@ -45,11 +45,13 @@ _BOOT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0],
 
 @dataclass(frozen=True)
 class CompareResult:
-    """The outcome of one gold/answer comparison. ``detail`` is for logs only (it may quote the gold)."""
+    """The outcome of one gold/answer comparison. ``detail`` is for logs only (it may quote the gold); ``pick`` is
+    the string Math-Verify extracted from the answer (``""`` when none, or when the comparison did not finish)."""
 
     status: CompareStatus
     detail: str = ""
     seconds: float = 0.0
+    pick: str = ""
 
 
 class _Worker:
@@ -198,8 +200,9 @@ class MathWorkerPool:
     ) -> CompareResult:
         """Math-Verify ``verify(parse(gold), parse(answer))`` in a worker, within ``timeout_s`` seconds.
 
-        ``gold`` and ``answer`` are the strings Math-Verify parses (callers wrap bare LaTeX in ``$...$``). The
-        timeout covers the comparison only; a worker still starting gets ``WORKER_START_TIMEOUT_S`` first.
+        ``gold`` and ``answer`` are the strings Math-Verify parses with its default extraction configs (callers
+        wrap a bare LaTeX answer in ``$...$``, or pass a whole model response and let Math-Verify find the answer).
+        The timeout covers the comparison only; a worker still starting gets ``WORKER_START_TIMEOUT_S`` first.
         """
         worker = self._acquire()
         if not worker.wait_ready(WORKER_START_TIMEOUT_S):
@@ -211,7 +214,7 @@ class MathWorkerPool:
             if not worker.replies.poll(timeout_s):
                 self._discard(worker, replace=True)
                 return CompareResult("timeout", f"no result within {timeout_s} s", time.monotonic() - t0)
-            status, detail = worker.replies.recv()
+            reply = worker.replies.recv()
         except (EOFError, OSError) as exc:
             self._discard(worker, replace=True)
             return CompareResult("worker_died", f"{type(exc).__name__}: {exc}", time.monotonic() - t0)
@@ -223,7 +226,8 @@ class MathWorkerPool:
             self._discard(worker, replace=False)
         else:
             self._idle.put(worker)
-        return CompareResult(status, detail, time.monotonic() - t0)
+        status, detail, pick = (*reply, "")[:3]  # (status, detail[, pick])
+        return CompareResult(status, detail, time.monotonic() - t0, pick)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the idle workers (for tests and diagnostics)."""

@@ -12,6 +12,25 @@ Math-Verify's expression parser reads it). What that means for common golds:
 - ``5`` accepts ``x = 5`` (Math-Verify takes the right-hand side of an assignment) and ``5.0``;
 - ``10\\%`` accepts ``10`` and ``0.1``.
 
+Extraction order (one pick per response; a response never gets one comparison per candidate):
+
+1. the project's extraction (``extract.py``): the last complete ``\\boxed{}``, else the last ``Answer:`` line, else
+   a short one-line response. ``timeout_s`` / ``max_answer_chars`` / the cheap paths below apply to it;
+2. Math-Verify's own ``parse`` of the whole response, with its default extraction configs (``LatexExtractionConfig``
+   + ``ExprExtractionConfig``: ``final answer ... is X`` and ``\\boxed{}`` first, then ``answer ... X``, then the
+   rightmost math environment or number; its single pick, as ``verify(parse(gold), parse(response))`` would judge),
+   in a worker under the same ``timeout_s``. It runs only when step 1 found nothing, or found an answer Math-Verify
+   could not read or evaluate, or found prose that did not match (``x = 5, so the value is 5``; ``The set is
+   $\\{1, 2\\}$``). A readable wrong answer that is boxed, or is a bare expression, is final (no second reading,
+   so a response hedging ``\\boxed{4}`` ... ``the final answer is 5`` is judged on its box), and so is a timeout.
+   Off with ``parse_whole_response: false``; skipped for responses over ``whole_response_max_chars``.
+
+So display math after ``Answer:`` on its own line, ``x = 5`` in a sentence, ``$x > 3$`` in a sentence (gold
+``x > 3``), a matrix written as ``\\begin{array}``/``pmatrix`` in ``$...$``, ``$1{,}000$``, ``0.750``, a LaTeX set
+in a sentence, and an interval in decimals (equal after rounding to ``float_rounding`` places) are read as
+Math-Verify reads them. ``Verification.extracted`` is the answer that was judged: step 1's string, or Math-Verify's
+extracted string (cleaned) when step 2 decided; feedback is one of a few fixed sentences and never quotes the gold.
+
 Cheap paths that skip the worker round-trip (``fast_verdict``): equal strings after a conservative LaTeX
 normalisation (``\\dfrac`` -> ``\\frac``, ``\\left``/``\\right`` and thin spaces dropped, spaces around operators
 dropped) are correct; two plain numbers (integers, decimals, ``a/b``, ``\\frac{a}{b}``) are compared with
@@ -30,14 +49,17 @@ from pydantic import Field
 from amrsd_envs.verifiers.base import (
     NO_ANSWER_FEEDBACK,
     NOT_EQUAL_FEEDBACK,
+    TRUNCATED_EXTRACT_CHARS,
     BuiltinVerifier,
     Verification,
     VerifierOptions,
 )
-from amrsd_envs.verifiers.extract import clean_answer, extract_answer, find_last_boxed
-from amrsd_envs.verifiers.math_pool import get_pool
+from amrsd_envs.verifiers.extract import AnswerSource, clean_answer, extract_answer_with_source, find_last_boxed
+from amrsd_envs.verifiers.math_pool import CompareResult, get_pool
 
 TIMEOUT_FEEDBACK = "comparison timed out"
+UNPARSED_FEEDBACK = "could not read the final answer as a math expression"
+FAILED_FEEDBACK = "comparison failed: the answer could not be evaluated"
 
 
 class MathOptions(VerifierOptions):
@@ -66,6 +88,18 @@ class MathOptions(VerifierOptions):
         True,
         description="Math-Verify strict mode: variable names must match (x+1 is not y+1). False matches variables "
         "by position.",
+    )
+    parse_whole_response: bool = Field(
+        True,
+        description="When no final answer is found, or the one found is prose or unreadable, let Math-Verify's own "
+        "extraction (its default LaTeX + expression configs) read the whole response, as Math-Verify would.",
+    )
+    whole_response_max_chars: int = Field(
+        50_000,
+        ge=0,
+        description="Longest response (characters) Math-Verify's own extraction reads when parse_whole_response "
+        "is on; longer responses are judged on the project's extraction alone (Math-Verify's regexes are "
+        "superlinear on degenerate text).",
     )
 
 
@@ -137,6 +171,24 @@ def fast_verdict(gold_text: str, answer: str, float_rounding: int = 6) -> bool |
     return None
 
 
+# A word of three or more letters that is not a LaTeX command name (\infty, \sqrt); \text{...} is removed first.
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_TEXT_GROUP = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}")
+
+
+def is_definite(answer: str, source: AnswerSource) -> bool:
+    """Whether an extracted answer states one answer plainly, so that a readable wrong one stays wrong.
+
+    A boxed answer is definite; so is an ``Answer:`` line or a short response that is a bare expression (no word of
+    three or more letters outside LaTeX command names and ``\\text{...}``). Anything else (``x = 5, so the value is
+    5``, ``The set is $\\{1, 2\\}$``) is prose the project's extraction only approximates, and is handed to
+    Math-Verify's own extraction when it does not match.
+    """
+    if source == "boxed":
+        return True
+    return _WORD.search(_TEXT_GROUP.sub(" ", answer)) is None
+
+
 def prepare_gold(gold: str) -> str:
     """The gold as the verifier compares it: a boxed or ``$``-delimited gold is unwrapped."""
     return clean_answer(find_last_boxed(gold) or gold)
@@ -150,7 +202,8 @@ def for_math_verify(answer: str) -> str:
 
 
 class MathVerifier(BuiltinVerifier):
-    """Final answer (``\\boxed{}``, ``Answer:`` line or short response) equivalent to the gold by Math-Verify."""
+    """Final answer (``\\boxed{}``, ``Answer:`` line or short response, else Math-Verify's own extraction of the whole
+    response) equivalent to the gold by Math-Verify."""
 
     name: ClassVar[str] = "math"
     options_model: ClassVar[type[VerifierOptions]] = MathOptions
@@ -159,32 +212,71 @@ class MathVerifier(BuiltinVerifier):
         gold_text = prepare_gold(gold)
         if not gold_text:
             raise ValueError("math verifier: the gold answer is empty; give the reference answer as LaTeX")
-        extracted = extract_answer(response)
-        if extracted is None:
-            return Verification.wrong(None, NO_ANSWER_FEEDBACK)
+        found = extract_answer_with_source(response)
+        if found is None:
+            return self._whole_response(gold_text, response, options, None)
+        extracted, source = found
         if len(extracted) > options.max_answer_chars:
             return Verification.too_long(extracted, "max_answer_chars")
 
         fast = fast_verdict(gold_text, extracted, options.float_rounding)
-        if fast is not None:
+        if fast is not None:  # plain numbers: definite either way
             return Verification.right(extracted) if fast else Verification.wrong(extracted, NOT_EQUAL_FEEDBACK)
 
-        result = get_pool().compare(
+        result = self._compare(gold_text, for_math_verify(extracted), options)
+        if result.status == "equal":
+            return Verification.right(extracted)
+        if result.status == "gold_unparsed":
+            raise ValueError(f"math verifier: {result.detail}; write the gold as a LaTeX or plain expression")
+        verdict = _verdict(extracted, result)
+        # A timeout is final (a second comparison would double the worst case); so is a readable, plainly stated
+        # wrong answer (a box, or a bare expression): giving it a second reading would credit hedged responses.
+        if result.status == "timeout" or (result.status == "not_equal" and is_definite(extracted, source)):
+            return verdict
+        return self._whole_response(gold_text, response, options, verdict)
+
+    @staticmethod
+    def _compare(gold_text: str, answer: str, options: MathOptions) -> CompareResult:
+        return get_pool().compare(
             for_math_verify(gold_text),
-            for_math_verify(extracted),
+            answer,
             timeout_s=options.timeout_s,
             float_rounding=options.float_rounding,
             strict=options.strict,
         )
+
+    def _whole_response(
+        self, gold_text: str, response: str, options: MathOptions, verdict: Verification | None
+    ) -> Verification:
+        """Math-Verify's own reading of the whole response (its extraction order, its single pick); ``verdict`` is
+        the project extraction's verdict, kept unless Math-Verify read an answer (right or wrong) from the response."""
+        if not options.parse_whole_response or not response.strip() or len(response) > options.whole_response_max_chars:
+            return verdict or Verification.wrong(None, NO_ANSWER_FEEDBACK)
+        result = self._compare(gold_text, response, options)
+        pick = _shorten(clean_answer(result.pick), options.max_answer_chars) or None
         if result.status == "equal":
-            return Verification.right(extracted)
-        if result.status == "not_equal":
-            return Verification.wrong(extracted, NOT_EQUAL_FEEDBACK)
-        if result.status == "timeout":
-            return Verification.wrong(extracted, TIMEOUT_FEEDBACK)
-        if result.status == "answer_unparsed":
-            return Verification.wrong(extracted, "could not read the final answer as a math expression")
+            return Verification.right(pick)
         if result.status == "gold_unparsed":
             raise ValueError(f"math verifier: {result.detail}; write the gold as a LaTeX or plain expression")
-        # "error" / "worker_died": Math-Verify or sympy failed on this input; the answer is not credited.
-        return Verification.wrong(extracted, "comparison failed: the answer could not be evaluated")
+        if verdict is not None and result.status != "not_equal":
+            return verdict  # Math-Verify's reading says nothing better than the project's
+        if result.status == "answer_unparsed" and not pick:
+            return Verification.wrong(None, NO_ANSWER_FEEDBACK)
+        return _verdict(pick, result)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Math-Verify's pick as reported in ``Verification.extracted``: over ``limit`` characters, only a prefix."""
+    return text[:TRUNCATED_EXTRACT_CHARS] + " [truncated]" if len(text) > limit else text
+
+
+def _verdict(extracted: str | None, result: CompareResult) -> Verification:
+    """The incorrect verdict for a comparison that did not come out ``equal`` (feedback never quotes the gold)."""
+    if result.status == "not_equal":
+        return Verification.wrong(extracted, NOT_EQUAL_FEEDBACK)
+    if result.status == "timeout":
+        return Verification.wrong(extracted, TIMEOUT_FEEDBACK)
+    if result.status == "answer_unparsed":
+        return Verification.wrong(extracted, UNPARSED_FEEDBACK)
+    # "error" / "worker_died": Math-Verify or sympy failed on this input; the answer is not credited.
+    return Verification.wrong(extracted, FAILED_FEEDBACK)

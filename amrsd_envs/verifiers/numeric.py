@@ -2,10 +2,15 @@
 
 The final answer (``\\boxed{}``, ``Answer:`` line or short response) is read as ``<number> [unit]``:
 
-- numbers: ``-12``, ``1,234.5`` (thousands separators), ``6.02e23``, ``6.02 \\times 10^{23}``, ``6.02 \\cdot 10^23``,
-  ``10^{-3}``, ``\\frac{3}{4}``, ``3/4``; a leading ``x =``, ``\\approx`` or ``~`` is dropped;
+- numbers: ``-12``, ``1,234.5`` and ``1{,}234.5`` (thousands separators), ``6.02e23``, ``6.02 \\times 10^{23}``,
+  ``6.02 \\cdot 10^23``, ``10^{-3}``, ``\\frac{3}{4}``, ``3/4``; a leading ``x =``, ``\\approx`` or ``~`` is dropped;
 - units: plain (``km``, ``m/s^2``, ``kg*m^2/s^2``, ``°C``, ``%``) or LaTeX (``\\text{m}``, ``\\mathrm{m\\,s^{-2}}``,
   ``\\frac{m}{s}``, ``^\\circ C``, ``\\%``, ``\\mu m``, ``\\Omega``).
+
+When that finds no answer, or none that starts with a number, the response is read in Math-Verify's extraction
+order instead (``extract.loose_answer_candidates``: ``final answer ... is X``, then ``answer ... X``, then the
+rightmost math environment or bare number) and the first candidate that reads as a number is the answer; a unit is
+the longest run of its next words pint reads (``"18 cm behind the lens"`` -> 18 cm).
 
 Tolerance is numpy's ``isclose`` with the gold as reference: ``|answer - gold| <= atol + rtol * |gold|``, in the
 reference unit. The reference unit is ``units`` when set, else the unit written in the gold (``"3200 m"``), else
@@ -32,10 +37,14 @@ from amrsd_envs.verifiers.base import (
     Verification,
     VerifierOptions,
 )
-from amrsd_envs.verifiers.extract import clean_answer, extract_answer, find_last_boxed
+from amrsd_envs.verifiers.extract import clean_answer, extract_answer, find_last_boxed, loose_answer_candidates
 
 MAX_NUMERIC_ANSWER_CHARS = 1000
 MAX_UNIT_CHARS = 64
+# Longest response the Math-Verify-ordered fallback scans (its patterns are bounded, so this only caps the work).
+MAX_LOOSE_RESPONSE_CHARS = 200_000
+# Candidates the fallback reads at most before giving up (a response full of unreadable numbers costs no more).
+MAX_LOOSE_CANDIDATES = 50
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +71,7 @@ _NUMBER = re.compile(
     r"(?:\s*/\s*(?P<den>\d+(?:\.\d*)?))?"
 )
 _LATEX_SYMBOLS = (
+    ("{,}", ","),  # LaTeX thousands separator: 1{,}000
     ("^\\circ", "°"),
     ("^{\\circ}", "°"),
     ("\\circ", "°"),
@@ -164,6 +174,31 @@ def parse_unit(text: str) -> Any:
         return None
 
 
+def read_loose_candidate(text: str) -> NumberWithUnit | None:
+    """A fallback candidate (``"18 cm behind the lens"``, ``"9.81 \\mathrm{m/s^2}"``) as a number and unit: the
+    unit is the longest run of its first three words that pint reads (``cm``), or none."""
+    answer = parse_number_with_unit(text)
+    if answer is None or answer.unit is None or parse_unit(answer.unit) is not None:
+        return answer
+    words = answer.unit.split()[:3]
+    for n in range(len(words) - 1, 0, -1):
+        if parse_unit(" ".join(words[:n])) is not None:
+            return NumberWithUnit(answer.value, " ".join(words[:n]))
+    return NumberWithUnit(answer.value, None)
+
+
+def loose_number(response: str) -> tuple[str, NumberWithUnit] | None:
+    """The first Math-Verify-ordered candidate (``loose_answer_candidates``) that reads as a number, or ``None``."""
+    if len(response) > MAX_LOOSE_RESPONSE_CHARS:
+        return None
+    for candidate in loose_answer_candidates(response)[:MAX_LOOSE_CANDIDATES]:
+        if len(candidate) <= MAX_NUMERIC_ANSWER_CHARS:
+            answer = read_loose_candidate(candidate)
+            if answer is not None:
+                return candidate, answer
+    return None
+
+
 # --- describing a dimension in words (feedback must not contain digits: golds are numbers) ----------------------
 
 _NAMED_DIMENSIONS = (
@@ -262,13 +297,19 @@ class NumericVerifier(BuiltinVerifier):
     def check(self, gold: str, response: str, options: NumericOptions) -> Verification:  # type: ignore[override]
         ref_value, ref_unit = self._reference(gold, options)
         extracted = extract_answer(response)
-        if extracted is None:
-            return Verification.wrong(None, NO_ANSWER_FEEDBACK)
-        if len(extracted) > MAX_NUMERIC_ANSWER_CHARS:
+        if extracted is not None and len(extracted) > MAX_NUMERIC_ANSWER_CHARS:
             return Verification.too_long(extracted, "the numeric answer limit")
-        answer = parse_number_with_unit(extracted)
+        answer = parse_number_with_unit(extracted) if extracted is not None else None
         if answer is None:
-            return Verification.wrong(extracted, "could not read a number in the final answer")
+            # No final answer, or none that starts with a number ("The focal length is 18 cm"): read the response
+            # in Math-Verify's extraction order instead, taking its first readable candidate (one pick, never
+            # "whichever candidate matches").
+            loose = loose_number(response)
+            if loose is None:
+                if extracted is None:
+                    return Verification.wrong(None, NO_ANSWER_FEEDBACK)
+                return Verification.wrong(extracted, "could not read a number in the final answer")
+            extracted, answer = loose
 
         value = answer.value
         # Without a reference unit, words after the number are tolerated ("5 apples") but a second number is not
