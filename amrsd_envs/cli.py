@@ -26,13 +26,15 @@ def tasks_main(argv: Sequence[str] | None = None) -> int:
     p_list.add_argument("path", nargs="?", default=None, help="tasks directory (default: built-in tasks/)")
     p_list.add_argument("--domain", default=None)
     p_val = sub.add_parser("validate", help="check task files; exit 1 listing every problem")
-    p_val.add_argument("paths", nargs="+", help="files or directories")
+    p_val.add_argument("paths", nargs="*", default=[None],
+                       help="files or directories (default: the built-in suite and installed plugin suites)")
     p_schema = sub.add_parser("schema", help="print the JSON Schema of a task file")
     p_schema.add_argument("--out", default=None, help="write to this file instead of stdout")
     args = parser.parse_args(argv)
 
     from amrsd_envs.catalog import load_tasks
     from amrsd_envs.errors import TaskSpecError
+    from amrsd_envs.plugins import PluginError
     from amrsd_envs.spec import task_spec_json_schema
 
     console = _console()
@@ -51,13 +53,15 @@ def tasks_main(argv: Sequence[str] | None = None) -> int:
                 n_ok += len(load_tasks(p))
             except TaskSpecError as exc:
                 issues.extend(exc.issues)
+            except PluginError as exc:
+                issues.append(str(exc))
         for issue in issues:
             console.print(f"[red]error[/red] {issue}", highlight=False)
         console.print(f"{n_ok} valid famil{'y' if n_ok == 1 else 'ies'}, {len(issues)} problem(s)")
         return 1 if issues else 0
     try:
         catalog = load_tasks(args.path, domain=args.domain)
-    except TaskSpecError as exc:
+    except (TaskSpecError, PluginError) as exc:
         console.print(str(exc), highlight=False)
         return 1
     table = Table(title="AMR-SD task families")

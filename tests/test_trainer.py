@@ -31,14 +31,6 @@ TASKS = str(Path(__file__).parent / "data" / "tasks")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def tiny_calc(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny-calc"
-    cfg = SFTConfig(families=["test.calc"], demos_per_family=200, steps=60, batch_size=16, lr=3e-3,
-                    output=str(out), progress=False)
-    return warm_start(cfg, tasks_dir=TASKS)
-
-
 def base_config(tmp_path: Path, model: Path, **kw) -> TrainConfig:
     data = dict(
         model=str(model), tasks_dir=TASKS, envs=["AMRSD-ToolUse-v0"], families=["test.calc"], group_size=4,
@@ -191,6 +183,15 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_calc, tmp_path):
         for key in ("train/reward_mean", "train/pass_rate", "actor/loss", "actor/pg_clipfrac", "train/response_length"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
     assert [c.name for c in list_checkpoints(ckpts)][-1] == f"step_{steps:06d}"
+
+    # resuming with a changed config is refused before anything loads, naming the fields; an accepted change runs
+    from amrsd_train import run
+
+    with pytest.raises(ValueError, match=r"(?s)break exact resume.*\blr: 0\.001 in the checkpoint, 0\.002 now"):
+        run(base_config(tmp_path / "b", tiny_calc, total_steps=steps, lr=2e-3))
+    longer = base_config(tmp_path / "b", tiny_calc, total_steps=steps + 1, resume_allow_changes=["total_steps"])
+    run(longer)
+    assert sorted(_rows(Path(killed.output_dir))) == list(range(steps + 2))
 
 
 def _state(run_dir: Path) -> dict[str, torch.Tensor]:
