@@ -28,13 +28,13 @@ from sympy.parsing.sympy_parser import (
     standard_transformations,
 )
 
-DATA_DIR_DEFAULT = Path(__file__).resolve().parent.parent / "tasks" / "data"
-
-
 def data_dir() -> Path:
+    """The data tables: ``$AMRSD_TASK_DATA``, else those of the built-in suite."""
     import os
 
-    return Path(os.environ.get("AMRSD_TASK_DATA", DATA_DIR_DEFAULT))
+    from amrsd_envs.tools.context import default_data_dir
+
+    return Path(os.environ.get("AMRSD_TASK_DATA") or default_data_dir())
 
 
 @functools.lru_cache(maxsize=4)

@@ -44,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "config-docs":
         print(config_reference_markdown())
         return 0
+    if not (argv and argv[0] == "inspect") and (missing := _missing_train_extra()):
+        print(
+            f"amrsd-train: the trainer needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            'not installed; install the trainer with: pip install "amrsd[train]"',
+            file=sys.stderr,
+        )
+        return 2
     if argv and argv[0] == "sft":
         return _sft_main(argv[1:])
     if argv and argv[0] == "inspect":
@@ -69,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + eval_table(result, cfg))
     print(f"metrics: {result.output_dir / 'metrics.jsonl'}\nplot:    {result.plot}\ncheckpoint: {result.checkpoint}")
     return 0
+
+
+def _missing_train_extra() -> list[str]:
+    """The modules of the ``train`` extra (``pip install "amrsd[train]"``) that cannot be imported here."""
+    import importlib.util
+
+    return [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
 
 
 def eval_table(result, cfg: TrainConfig) -> str:

