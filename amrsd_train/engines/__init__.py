@@ -28,6 +28,7 @@ EngineFactory = Callable[..., Engine]
 # kind -> factory, or "module:attribute" of one (imported on first use).
 _REGISTRY: dict[str, EngineFactory | str] = {
     "hf": "amrsd_train.engines.hf:HFEngine",
+    "vllm": "amrsd_train.engines.vllm:VLLMEngine",
 }
 
 
