@@ -1,99 +1,88 @@
-"""The task catalog: finds task files, validates them, and expands families into seeded instances.
+"""The task catalog: finds task files, loads the families asked for, and serves their instances by index and id.
 
-Instances are computed lazily and cached: a generator family of 10,000 instances costs nothing until an index is
-asked for. Instance ``i`` of a generator family is a pure function of (family spec, difficulty, i): its parameters
-are drawn from ``random.Random(f"{seed}:{i}:{attempt}")``, so any instance is reproducible by index.
+A :class:`TaskFamily` is the index over one family: which instances exist, which split each belongs to, and a cache
+of the ones built. Building an instance is its builder's job (:mod:`amrsd_envs.builders`: fixed items, a seeded
+generator, or dataset rows); checking a file is the spec's (:mod:`amrsd_envs.spec`). Instances are computed lazily
+and cached: a generator family of 10,000 instances costs nothing until an index is asked for. Instance ``i`` of a
+generator family is a pure function of (family spec, difficulty, i).
 
-The split of an instance is ``test`` when a hash of (split seed, key) falls below ``test_fraction``; the key is the
-instance id for fixed/dataset items and the canonical parameter values for generators, so identical draws at two
-indices never straddle the split.
+Loading is cheap to repeat: each file is parsed once per process while it is unchanged (see
+:func:`amrsd_envs.spec.parse_task_file`), a family is sample-validated once per difficulty level, and when only some
+families or one domain are asked for, only the files that declare them (on their ``id:``/``domain:`` lines) are
+parsed at all. ``amrsd-tasks validate`` and ``load_tasks()`` without a filter still check every file.
+
+Random draws of task ids go through one :class:`TaskSampler` (the env's ``reset``, the trainer's steps, and the
+fixed first-N lists evaluation uses), bounded and failing with the family and split when a split is empty.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
+import fnmatch
 import os
-import random
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
-import sympy
-
-from amrsd_envs import expressions
-from amrsd_envs.errors import SpecIssue, TaskSpecError
-from amrsd_envs.expressions import Val
-from amrsd_envs.spec import (
-    WorldSpec,
-    ChoiceParam,
-    FloatParam,
-    IntParam,
-    TaskFamilySpec,
-    parse_task_file,
-    template_fields,
+from amrsd_envs.builders import (
+    DEFAULT_SYSTEM,
+    AnswerSandbox,
+    InstanceBuilder,
+    InstanceError,
+    Split,
+    TaskInstance,
+    make_builder,
+    split_of_key,
 )
+from amrsd_envs.errors import SpecIssue, TaskSpecError
+from amrsd_envs.plugins import load_plugins
+from amrsd_envs.spec import TaskFamilySpec, parse_task_file, task_file_header
 
-Split = Literal["train", "test"]
-
-DEFAULT_SYSTEM = {
-    "math": "You are a careful mathematician. Solve the problem step by step and give the final answer as "
-    "\\boxed{...}.",
-    "science": "You are a careful scientist. Solve the problem step by step, keep track of units, and give the "
-    "final answer as \\boxed{...} with its unit.",
-    # how to write a tool call is the chat template's job (it renders the tools and the call format)
-    "tooluse": "Solve the task by calling the available tools. When you are done, give the final answer as "
-    "\\boxed{...}.",
-}
+__all__ = [
+    "DEFAULT_SYSTEM",
+    "Split",
+    "TaskCatalog",
+    "TaskFamily",
+    "TaskInstance",
+    "TaskSampler",
+    "builtin_tasks_dir",
+    "load_env_tasks",
+    "load_task_file",
+    "load_tasks",
+]
 
 VALIDATION_SAMPLES = 6
+MAX_DRAWS = 10_000  # random draws per sampled task before a split counts as empty
 
 
 def builtin_tasks_dir() -> Path:
-    """The suite shipped with the project (``tasks/`` next to the packages; ``$AMRSD_TASKS`` overrides)."""
+    """The suite shipped with the project: the package ``amrsd_tasks`` (``tasks/`` of the repository, installed as
+    package data); ``$AMRSD_TASKS`` overrides. A checkout that is on ``sys.path`` but not installed falls back to its
+    ``tasks/`` folder."""
     env = os.environ.get("AMRSD_TASKS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "tasks"
+    if env:
+        return Path(env)
+    from importlib.resources import files
 
-
-@dataclass(frozen=True)
-class TaskInstance:
-    """One concrete task: everything an env needs to run an episode and a verifier needs to grade it."""
-
-    id: str
-    family_id: str
-    domain: str
-    index: int
-    prompt: str
-    answer: str
-    system: str
-    verifier: str
-    verifier_options: dict[str, Any]
-    tools: tuple[str, ...]
-    max_turns: int
-    split: Split
-    reference: str | None = None
-    options: tuple[str, ...] | None = None
-    format_penalty: float = 0.0
-    difficulty: int = 1
-    params: dict[str, Any] = field(default_factory=dict)
-    derived: dict[str, str] = field(default_factory=dict)  # derived values as text, for oracle/world templates
-    world: WorldSpec | None = None  # the family's world with its templates rendered for this instance
-
-    def template_values(self) -> dict[str, Any]:
-        """Values oracle and world templates may use: parameters, derived values, and ``answer``."""
-        return {**self.params, **self.derived, "answer": self.answer}
-
-    def messages(self) -> list[dict[str, str]]:
-        """The opening conversation: system + user."""
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.prompt}]
+    try:
+        root = files("amrsd_tasks")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "tasks"
+    if not isinstance(root, Path):
+        raise RuntimeError(f"the built-in task suite must be installed as files on disk (not zipped), found {root!r}")
+    return root
 
 
 class TaskFamily:
-    """A validated family plus the machinery to materialise its instances."""
+    """One validated family: its instances by index and id, their splits, and a cache of the instances built."""
 
-    def __init__(self, spec: TaskFamilySpec, source: Path, *, difficulty: int | None = None, clamp: bool = False):
+    def __init__(
+        self,
+        spec: TaskFamilySpec,
+        source: Path,
+        *,
+        difficulty: int | None = None,
+        clamp: bool = False,
+        sandbox: AnswerSandbox | None = None,
+    ):
         self.spec = spec
         self.source = source
         self.difficulty = difficulty if difficulty is not None else spec.difficulty.default
@@ -103,30 +92,22 @@ class TaskFamily:
             raise ValueError(
                 f"{source}: difficulty {self.difficulty} outside 1..{spec.difficulty.levels} for family {spec.id}"
             )
+        self.builder: InstanceBuilder = make_builder(spec, source, self.difficulty, sandbox)
         self._cache: dict[int, TaskInstance] = {}
-        self._rows: list[dict[str, Any]] | None = None
-        self._check_static()
-
-    # -- public ----------------------------------------------------------------------------------------------
 
     @property
     def id(self) -> str:
         return self.spec.id
 
     def __len__(self) -> int:
-        if self.spec.instances is not None:
-            return len(self.spec.instances)
-        if self.spec.generator is not None:
-            return self.spec.generator.count
-        return len(self._dataset_rows())
+        return len(self.builder)
 
     def instance(self, index: int) -> TaskInstance:
         if not 0 <= index < len(self):
             raise IndexError(f"family {self.id} has {len(self)} instances; index {index} is out of range")
         inst = self._cache.get(index)
         if inst is None:
-            inst = self._build(index)
-            self._cache[index] = inst
+            inst = self._cache[index] = self.builder.build(index)
         return inst
 
     def indices(self, split: Split | None = None) -> Iterator[int]:
@@ -136,466 +117,33 @@ class TaskFamily:
                 yield i
 
     def split_of(self, index: int) -> Split:
-        if self.spec.generator is not None:  # the key is the drawn parameters: build (and cache) the instance
+        key = self.builder.split_key(index)
+        if key is None:  # a generator's key is its drawn parameters: build (and cache) the instance
             return self.instance(index).split
-        return self._split_from_key(self._split_key(index))
+        return split_of_key(self.spec, key)
+
+    def split_is_empty(self, split: Split) -> bool:
+        """True when ``test_fraction`` leaves no instance in ``split`` (0: no test; 1: no train), without sampling."""
+        fraction = self.spec.split.test_fraction
+        return fraction <= 0.0 if split == "test" else fraction >= 1.0
 
     def instance_by_id(self, task_id: str) -> TaskInstance:
-        if self.spec.instances is not None:
-            for i, item in enumerate(self.spec.instances):
-                if f"{self.id}/{item.id}" == task_id:
-                    return self.instance(i)
-        elif self.spec.dataset is not None:
-            for i in range(len(self)):
-                if self._row_id(i) == task_id:
-                    return self.instance(i)
-        else:
-            m = re.fullmatch(re.escape(self.id) + r"/(\d+)", task_id)
-            if m:
-                return self.instance(int(m.group(1)))
-        raise KeyError(f"no task {task_id!r} in family {self.id}")
-
-    # -- validation --------------------------------------------------------------------------------------------
-
-    def _check_static(self) -> None:
-        """Name checks that need no sampling: template fields and expression names."""
-        spec, issues = self.spec, []
-        file = str(self.source)
-        if spec.generator is not None:
-            gen = spec.generator
-            names = set(gen.params) | {"difficulty"}
-            for name, text in gen.derived.items():
-                try:
-                    expressions.compile_expr(text, names)
-                except ValueError as exc:
-                    issues.append(SpecIssue(file, f"generator.derived.{name}", str(exc)))
-                names.add(name)
-            for k, text in enumerate(gen.constraints):
-                try:
-                    expressions.compile_expr(text, names)
-                except ValueError as exc:
-                    issues.append(SpecIssue(file, f"generator.constraints.{k}", str(exc)))
-            ans = spec.answer
-            if ans is not None and ans.expr is not None:
-                try:
-                    expressions.compile_expr(ans.expr, names)
-                except ValueError as exc:
-                    issues.append(SpecIssue(file, "answer.expr", str(exc)))
-            base = names | {"difficulty", "index"}
-            self._check_template(issues, "prompt", spec.prompt, base)
-            if ans is not None and ans.template is not None:
-                self._check_template(issues, "answer.template", ans.template, base)
-            for k, opt in enumerate(spec.options or []):
-                self._check_template(issues, f"options.{k}", opt, base)
-            self._check_template(issues, "reference", spec.reference, base | {"answer"})
-            self._check_world_templates(issues, base)
-        elif spec.dataset is not None:
-            cols = {k for k in spec.dataset.fields if k not in ("answer", "id", "reference")}
-            self._check_template(issues, "prompt", spec.prompt, cols | {"index"})
-            self._check_template(issues, "reference", spec.reference, cols | {"index", "answer"})
-        else:
-            for k, item in enumerate(spec.instances or []):
-                names = set(item.params) | {"answer"}
-                if spec.reference is not None:
-                    self._check_template(issues, "reference", spec.reference, names)
-            if spec.verifier.type == "choice":
-                for k, item in enumerate(spec.instances or []):
-                    if not item.options:
-                        issues.append(SpecIssue(file, f"instances.{k}.options", "a choice task needs options"))
-        if issues:
-            raise TaskSpecError(issues)
-
-    def _check_world_templates(self, issues: list[SpecIssue], names: set[str]) -> None:
-        spec = self.spec
-        if spec.world is not None and spec.world.sqlite is not None:
-            self._check_template(issues, "world.sqlite.seed", spec.world.sqlite.seed, names)
-        if spec.world is not None and spec.world.http is not None:
-            self._check_template(issues, "world.http.seed", spec.world.http.seed, names)
-        for k, step in enumerate(spec.oracle or []):
-            self._check_template(issues, f"oracle.{k}.content", step.content, names | {"answer"})
-            for c, call in enumerate(step.tool_calls):
-                for path, text in _string_leaves(call.get("arguments", {}), f"oracle.{k}.tool_calls.{c}.arguments"):
-                    self._check_template(issues, path, text, names | {"answer"})
-
-    def _check_template(self, issues: list[SpecIssue], loc: str, template: str | None, names: set[str]) -> None:
-        if template is None:
-            return
-        try:
-            used = template_fields(template)
-        except ValueError as exc:
-            issues.append(SpecIssue(str(self.source), loc, f"malformed template: {exc}"))
-            return
-        unknown = used - names
-        if unknown:
-            issues.append(
-                SpecIssue(
-                    str(self.source),
-                    loc,
-                    f"template names undefined parameter(s) {sorted(unknown)}; defined: {sorted(names)}",
-                )
-            )
+        index = self.builder.index_of(task_id)
+        if index is None:
+            raise KeyError(f"no task {task_id!r} in family {self.id}")
+        return self.instance(index)
 
     def validate_samples(self, n: int = VALIDATION_SAMPLES) -> None:
         """Materialise the first ``n`` instances so runtime failures surface at load time."""
-        issues: list[SpecIssue] = []
         for i in range(min(n, len(self))):
             try:
                 self.instance(i)
-            except _InstanceError as exc:
-                issues.append(SpecIssue(str(self.source), exc.loc, exc.msg))
-                break
-        if issues:
-            raise TaskSpecError(issues)
-
-    # -- building ----------------------------------------------------------------------------------------------
-
-    def _common(self) -> dict[str, Any]:
-        spec = self.spec
-        return dict(
-            family_id=spec.id,
-            domain=spec.domain,
-            system=spec.system or DEFAULT_SYSTEM[spec.domain],
-            verifier=spec.verifier.type,
-            verifier_options=spec.verifier.options,
-            tools=tuple(spec.tools),
-            max_turns=spec.max_turns,
-            format_penalty=spec.format_penalty,
-            difficulty=self.difficulty,
-        )
-
-    def _build(self, index: int) -> TaskInstance:
-        if self.spec.instances is not None:
-            return self._build_fixed(index)
-        if self.spec.generator is not None:
-            return self._build_generated(index)
-        return self._build_dataset(index)
-
-    def _build_fixed(self, index: int) -> TaskInstance:
-        item = self.spec.instances[index]  # type: ignore[index]
-        reference = item.reference
-        if reference is None and self.spec.reference is not None:
-            reference = _render(self.spec.reference, {**item.params, "answer": item.answer}, "reference")
-        options = tuple(item.options) if item.options else None
-        verifier_options = dict(self._common()["verifier_options"])
-        if self.spec.verifier.type == "choice" and options:
-            verifier_options["options"] = list(options)
-        return TaskInstance(
-            **{**self._common(), "verifier_options": verifier_options},
-            id=f"{self.id}/{item.id}",
-            index=index,
-            prompt=item.prompt,
-            answer=item.answer,
-            reference=reference,
-            options=options,
-            split=self.split_of(index),
-            params=dict(item.params),
-            world=self._render_world({**item.params, "answer": item.answer}),
-        )
-
-    # generator ----------------------------------------------------------------------------------------------
-
-    def _draw(self, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Parameters and derived values of instance ``index`` (resampling until the constraints hold).
-
-        Each constraint is checked as soon as every name it uses is defined, so a derived value that only exists
-        for accepted draws (``mod_inverse(a, n)`` needs gcd(a, n) = 1) is never computed for rejected ones."""
-        gen = self.spec.generator
-        assert gen is not None  # guarded by the caller's kind dispatch
-        level = self.difficulty
-        schedule = self._constraint_schedule()
-        for attempt in range(gen.max_attempts):
-            rng = random.Random(f"{gen.seed}:{index}:{attempt}")
-            params: dict[str, Any] = {}
-            for name, p in gen.params.items():
-                params[name] = _sample_param(p, rng, level, f"generator.params.{name}")
-            values: dict[str, Any] = {k: expressions.to_sympy(v) for k, v in params.items()}
-            values["difficulty"] = sympy.Integer(level)
-            ok = self._constraints_hold(schedule[None], values)
-            for name, text in gen.derived.items():
-                if not ok:
-                    break
-                try:
-                    values[name] = expressions.evaluate(text, values)
-                except ValueError as exc:
-                    raise _InstanceError(f"generator.derived.{name}", f"evaluation failed: {exc}") from None
-                ok = self._constraints_hold(schedule[name], values)
-            if ok:
-                return params, values
-        raise _InstanceError(
-            "generator.constraints",
-            f"no sample satisfied the constraints within max_attempts={gen.max_attempts} (instance {index}); "
-            "widen the ranges or relax the constraints",
-        )
-
-    def _constraint_schedule(self) -> dict[str | None, list[tuple[int, str]]]:
-        """Constraints keyed by the derived value after which they can run (None: right after the params)."""
-        gen = self.spec.generator
-        assert gen is not None
-        order = list(gen.derived)
-        schedule: dict[str | None, list[tuple[int, str]]] = {None: [], **{n: [] for n in order}}
-        for k, text in enumerate(gen.constraints):
-            used = expressions.names_in(text) & set(order)
-            last = max(used, key=order.index) if used else None
-            schedule[last].append((k, text))
-        return schedule
-
-    @staticmethod
-    def _constraints_hold(constraints: list[tuple[int, str]], values: dict[str, Any]) -> bool:
-        for k, text in constraints:
-            try:
-                result = expressions.evaluate(text, values)
-            except ValueError as exc:
-                raise _InstanceError(f"generator.constraints.{k}", f"evaluation failed: {exc}") from None
-            if result in (sympy.true, True):
-                continue
-            if result in (sympy.false, False):
-                return False
-            raise _InstanceError(f"generator.constraints.{k}", f"constraint {text!r} is not a boolean (got {result})")
-        return True
-
-    def _gold(self, params: dict[str, Any], values: dict[str, Any], tvals: dict[str, Any]) -> str:
-        ans = self.spec.answer
-        assert ans is not None
-        if ans.template is not None:
-            return _render(ans.template, tvals, "answer.template")
-        if ans.expr is not None:
-            try:
-                value = expressions.evaluate(ans.expr, values)
-            except ValueError as exc:
-                raise _InstanceError("answer.expr", f"evaluation failed: {exc}") from None
-        else:
-            value = _run_answer_function(ans.function or "", params)
-        try:
-            if ans.format == "latex":
-                text = sympy.latex(value) if isinstance(value, sympy.Basic) else str(value)
-            elif ans.format == "str":
-                text = str(value)
-            else:
-                text = expressions.format_number(value, ans.sig)
-        except (TypeError, ValueError) as exc:
-            raise _InstanceError("answer", f"cannot format answer value {value!r} as {ans.format}: {exc}") from None
-        if ans.units:
-            text = f"{text} {ans.units}"
-        return text
-
-    def _build_generated(self, index: int) -> TaskInstance:
-        params, values = self._draw(index)
-        tvals: dict[str, Any] = {k: Val(v) for k, v in values.items()}
-        tvals.update({k: v for k, v in params.items()})  # params render as drawn (3.14, not 157/50)
-        tvals["index"] = index
-        prompt = _render(self.spec.prompt or "", tvals, "prompt")
-        answer = self._gold(params, values, tvals)
-        tvals["answer"] = answer
-        reference = _render(self.spec.reference, tvals, "reference") if self.spec.reference else None
-        options = tuple(_render(o, tvals, "options") for o in self.spec.options) if self.spec.options else None
-        verifier_options = dict(self.spec.verifier.options)
-        if options is not None and self.spec.verifier.type == "choice":
-            verifier_options["options"] = list(options)
-        return TaskInstance(
-            **{**self._common(), "verifier_options": verifier_options},
-            id=f"{self.id}/{index:05d}",
-            index=index,
-            prompt=prompt,
-            answer=answer,
-            reference=reference,
-            options=options,
-            split=self._split_from_key(_canonical(params)),
-            params=params,
-            derived={k: str(values[k]) for k in self.spec.generator.derived},  # type: ignore[union-attr]
-            world=self._render_world(tvals),
-        )
-
-    def _render_world(self, values: dict[str, Any]) -> WorldSpec | None:
-        world = self.spec.world
-        if world is None:
-            return None
-        update: dict[str, Any] = {}
-        if world.sqlite is not None:
-            update["sqlite"] = world.sqlite.model_copy(
-                update={"seed": _render(world.sqlite.seed, values, "world.sqlite.seed")}
-            )
-        if world.http is not None:
-            update["http"] = world.http.model_copy(update={"seed": _render(world.http.seed, values, "world.http.seed")})
-        return world.model_copy(update=update)
-
-    # dataset ------------------------------------------------------------------------------------------------
-
-    def _dataset_rows(self) -> list[dict[str, Any]]:
-        if self._rows is None:
-            self._rows = _read_dataset(self.spec, self.source)
-        return self._rows
-
-    def _row_id(self, index: int) -> str:
-        fields = self.spec.dataset.fields  # type: ignore[union-attr]
-        row = self._dataset_rows()[index]
-        raw = row.get(fields["id"]) if "id" in fields else None
-        return f"{self.id}/{raw if raw is not None else index}"
-
-    def _build_dataset(self, index: int) -> TaskInstance:
-        ds = self.spec.dataset
-        assert ds is not None
-        row = self._dataset_rows()[index]
-        tvals: dict[str, Any] = {"index": index}
-        for ours, col in ds.fields.items():
-            if col not in row:
-                raise _InstanceError(
-                    f"dataset.fields.{ours}", f"column {col!r} not in row {index}; columns: {sorted(row)}"
-                )
-            tvals[ours] = row[col]
-        answer = str(tvals["answer"])
-        if ds.answer_regex:
-            m = re.search(ds.answer_regex, answer, flags=re.MULTILINE)
-            if m is None:
-                raise _InstanceError("dataset.answer_regex", f"no match in the answer of row {index}")
-            answer = m.group(1).strip()
-        tvals["answer"] = answer
-        reference = str(tvals["reference"]) if "reference" in tvals else None
-        if self.spec.reference:
-            reference = _render(self.spec.reference, tvals, "reference")
-        return TaskInstance(
-            **self._common(),
-            id=self._row_id(index),
-            index=index,
-            prompt=_render(self.spec.prompt or "", tvals, "prompt"),
-            answer=answer,
-            reference=reference,
-            split=self.split_of(index),
-            params={k: v for k, v in tvals.items() if k not in ("answer", "reference")},
-        )
-
-    # split --------------------------------------------------------------------------------------------------
-
-    def _split_key(self, index: int) -> str:
-        if self.spec.instances is not None:
-            return f"{self.id}/{self.spec.instances[index].id}"
-        return self._row_id(index)
-
-    def _split_from_key(self, key: str) -> Split:
-        s = self.spec.split
-        h = hashlib.sha256(f"{s.seed}:{self.id}:{key}".encode()).digest()
-        u = int.from_bytes(h[:8], "big") / 2**64
-        return "test" if u < s.test_fraction else "train"
-
-
-class _InstanceError(Exception):
-    def __init__(self, loc: str, msg: str):
-        super().__init__(f"{loc}: {msg}")
-        self.loc, self.msg = loc, msg
-
-
-def _sample_param(p: Any, rng: random.Random, level: int, loc: str) -> Any:
-    if isinstance(p, ChoiceParam):
-        choices = _level_value(p.choices, level, loc)
-        return rng.choice(choices)
-    rng_ = _level_value(p.range, level, loc)
-    lo, hi = rng_
-    if isinstance(p, IntParam):
-        for _ in range(1000):
-            v = rng.randint(int(lo), int(hi))
-            if v not in p.exclude:
-                return v
-        raise _InstanceError(loc, f"every value in [{lo}, {hi}] is excluded")
-    assert isinstance(p, FloatParam)
-    if p.log:
-        v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    else:
-        v = rng.uniform(lo, hi)
-    v = round(v, p.decimals)
-    return int(v) if p.decimals == 0 else v
-
-
-def _level_value(value: Any, level: int, loc: str) -> Any:
-    if not isinstance(value, dict):
-        return value
-    if level in value:
-        return value[level]
-    # levels not listed use the nearest lower one
-    lower = [k for k in value if k <= level]
-    if not lower:
-        raise _InstanceError(loc, f"no range for difficulty level {level}; levels given: {sorted(value)}")
-    return value[max(lower)]
-
-
-def _string_leaves(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _string_leaves(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _string_leaves(v, f"{path}.{i}")
-
-
-def _canonical(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
-
-
-def _render(template: str, values: dict[str, Any], loc: str) -> str:
-    try:
-        return template.format(**values)
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
-        raise _InstanceError(loc, f"cannot render template: {type(exc).__name__}: {exc}") from None
-
-
-def _run_answer_function(source: str, params: dict[str, Any]) -> Any:
-    """Run a family's ``answer(**params)`` in the local sandbox (never in this process) and parse its result."""
-    from amrsd_envs.sandbox import make_sandbox
-
-    code = (
-        "import json, sys\n"
-        + source
-        + "\nparams = json.loads(sys.stdin.read())\nprint(json.dumps(str(answer(**params))))\n"
-    )
-    with make_sandbox("local") as sb:
-        res = sb.run(code, timeout_s=10, memory_mb=512, stdin=json.dumps(params))
-    if res.timed_out or res.exit_code != 0:
-        tail = (res.stderr or res.stdout)[-500:]
-        raise _InstanceError("answer.function", f"answer() failed (exit {res.exit_code}): {tail}")
-    try:
-        return json.loads(res.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise _InstanceError("answer.function", f"answer() printed no result: {res.stdout[-200:]!r}") from None
-
-
-def _read_dataset(spec: TaskFamilySpec, source: Path) -> list[dict[str, Any]]:
-    ds = spec.dataset
-    assert ds is not None
-    path = Path(ds.path)
-    if not path.is_absolute():
-        path = source.parent / path
-    fmt = ds.format or ("parquet" if path.suffix == ".parquet" else "jsonl")
-    if not path.exists():
-        raise TaskSpecError.single(source, "dataset.path", f"file not found: {path}")
-    rows: list[dict[str, Any]] = []
-    if fmt == "jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise TaskSpecError.single(source, "dataset.path", f"{path}:{lineno}: invalid JSON: {exc.msg}")
-                if ds.limit and len(rows) >= ds.limit:
-                    break
-    else:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise TaskSpecError.single(
-                source, "dataset.format", "reading Parquet needs pyarrow: pip install 'amrsd[parquet]'"
-            ) from None
-        rows = pq.read_table(path).to_pylist()
-        if ds.limit:
-            rows = rows[: ds.limit]
-    if not rows:
-        raise TaskSpecError.single(source, "dataset.path", f"{path} has no rows")
-    return rows
+            except InstanceError as exc:
+                raise TaskSpecError.single(self.source, exc.loc, exc.msg) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# catalog
+# catalog and sampler
 
 
 class TaskCatalog:
@@ -628,19 +176,12 @@ class TaskCatalog:
 
     def select(self, *, domain: str | None = None, families: list[str] | None = None) -> "TaskCatalog":
         """A sub-catalog: by domain and/or by family ids (glob patterns allowed, e.g. ``math.*``)."""
-        import fnmatch
-
-        chosen = []
-        for fam in self:
-            if domain is not None and fam.spec.domain != domain:
-                continue
-            if families is not None and not any(fnmatch.fnmatchcase(fam.id, pat) for pat in families):
-                continue
-            chosen.append(fam)
+        chosen = [
+            fam for fam in self
+            if (domain is None or fam.spec.domain == domain) and (families is None or _matches_any(fam.id, families))
+        ]
         if families is not None:
-            for pat in families:
-                if not any(fnmatch.fnmatchcase(f.id, pat) for f in chosen):
-                    raise KeyError(f"no family matches {pat!r} (domain={domain}); known: {sorted(self.families)}")
+            _check_patterns(families, [f.id for f in chosen], self.families, domain)
         return TaskCatalog(chosen)
 
     def get(self, task_id: str) -> TaskInstance:
@@ -648,21 +189,120 @@ class TaskCatalog:
         return self[family_id].instance_by_id(task_id)
 
 
+class TaskSampler:
+    """Task instances of one split, for every caller that picks tasks: the env's ``reset``, the trainer's steps and
+    evaluation's fixed task lists.
+
+    :meth:`sample` draws at random: a family uniformly, then an index uniformly within it, drawn again until the
+    instance is in the split (a generator's split depends on its drawn parameters, so it cannot be listed up front).
+    Each task gets at most ``max_draws`` draws; a split that is empty, or too nearly so, raises ValueError naming the
+    families and the split instead of spinning. :meth:`first` lists the first instances of each family, round-robin.
+    """
+
+    def __init__(
+        self, catalog: TaskCatalog, split: Split, families: list[str] | None = None, *, max_draws: int = MAX_DRAWS
+    ):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if max_draws < 1:
+            raise ValueError(f"max_draws must be >= 1, got {max_draws}")
+        self.family_ids = list(families) if families else sorted(f.id for f in catalog)
+        self.families = [catalog[f] for f in self.family_ids]  # an unknown id raises KeyError with suggestions
+        if not self.families:
+            raise ValueError("no task families to sample from")
+        self.split, self.max_draws = split, max_draws
+        if all(fam.split_is_empty(split) for fam in self.families):
+            raise ValueError(
+                f"the {split!r} split is empty in {_describe_splits(self.families)}; "
+                f"set split.test_fraction {'above 0' if split == 'test' else 'below 1'} in the task file, or ask for "
+                f"the other split"
+            )
+
+    def draw(self, rng: Any) -> TaskInstance:
+        """One random instance of the split; ``rng`` is a ``numpy.random.Generator`` (``env.np_random``)."""
+        for _ in range(self.max_draws):
+            fam = self.families[int(rng.integers(len(self.families)))]
+            index = int(rng.integers(len(fam)))
+            if fam.split_of(index) == self.split:
+                return fam.instance(index)
+        raise ValueError(
+            f"no {self.split!r} instance in {self.max_draws} random draws from {_describe_splits(self.families)}; "
+            f"the families' split settings leave the {self.split!r} split empty or nearly so"
+        )
+
+    def sample(self, rng: Any, n: int) -> list[TaskInstance]:
+        """``n`` random instances of the split (with replacement), drawn in order from ``rng``."""
+        return [self.draw(rng) for _ in range(n)]
+
+    def first(self, n: int) -> list[TaskInstance]:
+        """The first ``n`` instances of the split, one per family in turn (fewer when the families run out)."""
+        iters = [(fam, fam.indices(self.split)) for fam in self.families if not fam.split_is_empty(self.split)]
+        out: list[TaskInstance] = []
+        while len(out) < n and iters:
+            for fam, indices in list(iters):
+                index = next(indices, None)
+                if index is None:
+                    iters.remove((fam, indices))
+                    continue
+                out.append(fam.instance(index))
+                if len(out) == n:
+                    break
+        return out
+
+
+def _describe_splits(families: list[TaskFamily]) -> str:
+    """``family tooluse.x (split.test_fraction=1.0 in tasks/...yaml)``, for error messages."""
+    parts = [f"{fam.id} (split.test_fraction={fam.spec.split.test_fraction} in {fam.source})" for fam in families]
+    return ("family " if len(parts) == 1 else "families ") + ", ".join(parts)
+
+
+def _matches_any(family_id: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(family_id, pat) for pat in patterns)
+
+
+def _check_patterns(patterns: list[str], chosen: list[str], known: Any, domain: Any) -> None:
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(f, pat) for f in chosen):
+            raise KeyError(f"no family matches {pat!r} (domain={domain}); known: {sorted(known)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+_validated: dict[int, tuple[TaskFamilySpec, set[int]]] = {}  # id(spec) -> (spec, levels whose samples built)
+
+
 def load_task_file(
-    path: str | Path, *, difficulty: int | None = None, validate: bool = True, clamp_difficulty: bool = False
+    path: str | Path,
+    *,
+    difficulty: int | None = None,
+    validate: bool = True,
+    clamp_difficulty: bool = False,
+    sandbox: AnswerSandbox | None = None,
 ) -> TaskFamily:
-    """Load and validate one YAML file. Raises :class:`TaskSpecError` naming the file and field."""
+    """Load and validate one YAML file. Raises :class:`TaskSpecError` naming the file and field.
+
+    Each call returns a new family (its own instance cache); the parse and the sample validation are done once per
+    process for an unchanged file and level. ``sandbox`` runs ``answer.function`` generators (default: one local
+    sandbox shared by the whole process)."""
     path = Path(path)
     spec = parse_task_file(path)
     try:
-        fam = TaskFamily(spec, path, difficulty=difficulty, clamp=clamp_difficulty)
+        fam = TaskFamily(spec, path, difficulty=difficulty, clamp=clamp_difficulty, sandbox=sandbox)
     except ValueError as exc:
         if isinstance(exc, TaskSpecError):
             raise
         raise TaskSpecError.single(path, "difficulty", str(exc)) from None
-    if validate:
+    if validate and not _was_validated(spec, fam.difficulty):
         fam.validate_samples()
+        if spec.dataset is None:  # a dataset's rows live in another file, which may change under the same spec
+            _validated.setdefault(id(spec), (spec, set()))[1].add(fam.difficulty)
     return fam
+
+
+def _was_validated(spec: TaskFamilySpec, level: int) -> bool:
+    entry = _validated.get(id(spec))
+    return entry is not None and entry[0] is spec and level in entry[1]
 
 
 def load_tasks(
@@ -671,11 +311,16 @@ def load_tasks(
     domain: str | None = None,
     families: list[str] | None = None,
     difficulty: int | None = None,
+    sandbox: AnswerSandbox | None = None,
 ) -> TaskCatalog:
-    """Load every ``*.yaml``/``*.yml`` under ``path`` (default: the built-in ``tasks/``), recursively.
+    """Load the ``*.yaml``/``*.yml`` files under ``path`` (default: the built-in ``tasks/``), recursively.
 
-    All files are checked; if any are invalid, one :class:`TaskSpecError` lists every problem of every file.
+    Without ``domain`` and ``families`` every file is checked; if any are invalid, one :class:`TaskSpecError` lists
+    every problem of every file. With them, only the files whose ``id:``/``domain:`` lines match are parsed (a file
+    whose lines do not say so plainly is parsed to find out), so a broken file of another family does not stop this
+    load; ``amrsd-tasks validate`` checks them all. ``sandbox`` runs ``answer.function`` generators.
     """
+    plugins = load_plugins()  # third-party tools, verifiers and suites (entry points), before any file is read
     root = Path(path) if path is not None else builtin_tasks_dir()
     if root.is_file():
         files = [root]
@@ -683,11 +328,13 @@ def load_tasks(
         files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
     else:
         raise TaskSpecError.single(root, "<path>", "no such file or directory")
+    files += plugins.task_files() if path is None else []
+    wanted, known = _files_declaring(files, domain, families)
     loaded: list[TaskFamily] = []
     issues: list[SpecIssue] = []
-    for f in files:
+    for f in wanted:
         try:
-            loaded.append(load_task_file(f, difficulty=difficulty, clamp_difficulty=True))
+            loaded.append(load_task_file(f, difficulty=difficulty, clamp_difficulty=True, sandbox=sandbox))
         except TaskSpecError as exc:
             issues.extend(exc.issues)
     seen: dict[str, Path] = {}
@@ -697,11 +344,36 @@ def load_tasks(
         seen[fam.id] = fam.source
     if issues:
         raise TaskSpecError(issues)
-    catalog = TaskCatalog(loaded)
-    if domain is not None or families is not None:
-        catalog = catalog.select(domain=domain, families=families)
-    return catalog
+    # the lines were a guess: the parsed spec decides
+    chosen = [
+        fam for fam in loaded
+        if (domain is None or fam.spec.domain == domain) and (families is None or _matches_any(fam.id, families))
+    ]
+    if families is not None:
+        known |= {fam.id for fam in loaded if domain is None or fam.spec.domain == domain}
+        _check_patterns(families, [f.id for f in chosen], known, domain)
+    return TaskCatalog(chosen)
 
+
+def _files_declaring(files: list[Path], domain: str | None, families: list[str] | None) -> tuple[list[Path], set[str]]:
+    """The files that may hold a wanted family, and the family ids of the domain seen on the way (for errors)."""
+    if domain is None and families is None:
+        return files, set()
+    wanted: list[Path] = []
+    known: set[str] = set()
+    for f in files:
+        try:
+            header = task_file_header(f)
+        except OSError:
+            wanted.append(f)  # load_task_file reports it
+            continue
+        if header.id is None or (domain is not None and header.domain is None):
+            wanted.append(f)  # the text does not say plainly: parse it
+        elif domain is None or header.domain == domain:
+            known.add(header.id)
+            if families is None or _matches_any(header.id, families):
+                wanted.append(f)
+    return wanted, known
 
 
 def load_env_tasks(
@@ -710,6 +382,7 @@ def load_env_tasks(
     families: list[str] | None = None,
     path: str | Path | None = None,
     difficulty: int | None = None,
+    sandbox: AnswerSandbox | None = None,
 ) -> TaskCatalog:
     """The families the given env ids serve (``AMRSD-All-v0``: all), optionally narrowed to ``families`` globs."""
     from amrsd_envs import ENV_IDS
@@ -718,6 +391,10 @@ def load_env_tasks(
     if unknown:
         raise ValueError(f"unknown env id(s) {unknown}; valid: {sorted(ENV_IDS)}")
     domains = {ENV_IDS[e] for e in env_ids}
-    full = load_tasks(path, difficulty=difficulty)
-    catalog = TaskCatalog([f for f in full if None in domains or f.spec.domain in domains])
-    return catalog.select(families=families) if families else catalog
+    patterns = families or None
+    if None in domains or len(domains) == 1:
+        domain = None if None in domains else next(iter(domains))
+        return load_tasks(path, domain=domain, families=patterns, difficulty=difficulty, sandbox=sandbox)
+    full = load_tasks(path, families=patterns, difficulty=difficulty, sandbox=sandbox)
+    catalog = TaskCatalog([f for f in full if f.spec.domain in domains])
+    return catalog.select(families=patterns) if patterns else catalog

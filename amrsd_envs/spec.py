@@ -16,14 +16,23 @@ Loading validates everything it can without sampling (field types, template name
 verifier options, tool names), then samples a few instances so a failing answer expression or an unsatisfiable
 constraint is reported at load time too. Every problem is reported with the file, the field path and what was
 expected; problems of several files are collected into one :class:`~amrsd_envs.errors.TaskSpecError`.
+
+Bulky data stays out of the YAML: a choice parameter may name a JSON file (``choices_from``, relative to the YAML
+file, like ``dataset.path``); it is read at load and its problems are reported at that field. A file is parsed once
+per process while its bytes and those of the data files it names are unchanged (:func:`parse_task_file`), with
+libyaml's C loader where PyYAML has it; :func:`task_file_header` reads a file's ``id``/``domain`` without parsing,
+so a loader can skip the families it was not asked for.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import string
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -101,20 +110,34 @@ class FloatParam(_Strict):
 
 
 class ChoiceParam(_Strict):
-    """One element of ``choices`` (scalars or small mappings, e.g. ``{name: water, formula: H2O}``)."""
+    """One element of ``choices`` (scalars or small mappings, e.g. ``{name: water, formula: H2O}``).
+
+    Bulky choices (the HTTP families' catalogue snapshots) live in a JSON file named by ``choices_from``; the loader
+    reads it into ``choices``, so the rest of the code sees one field either way."""
 
     type: Literal["choice"]
-    choices: list[Any] | dict[int, list[Any]] = Field(
-        description="The values to pick from, or {difficulty_level: [values]}."
+    choices: list[Any] | dict[int, list[Any]] | None = Field(
+        None, description="The values to pick from, or {difficulty_level: [values]}."
+    )
+    choices_from: str | None = Field(
+        None,
+        description="A JSON file holding `choices` (a list, or {difficulty_level: [values]}), relative to the YAML "
+        "file or absolute, e.g. `../data/inventory_catalogs.json`; read at load instead of writing `choices` inline.",
     )
 
     @field_validator("choices")
     @classmethod
     def _nonempty(cls, v: Any) -> Any:
-        lists = v.values() if isinstance(v, dict) else [v]
+        lists = v.values() if isinstance(v, dict) else [v] if v is not None else []
         if any(len(c) == 0 for c in lists):
             raise ValueError("choices must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _given(self) -> "ChoiceParam":
+        if self.choices is None:
+            raise ValueError("a choice parameter needs `choices` (or `choices_from`, a JSON file holding them)")
+        return self
 
 
 ParamSpec = Annotated[Union[IntParam, FloatParam, ChoiceParam], Field(discriminator="type")]
@@ -425,29 +448,292 @@ def _pydantic_issues(file: str, exc: ValidationError) -> list[SpecIssue]:
     return out
 
 
+#: The PyYAML loader task files are read with: libyaml's C loader where PyYAML was built with it (about 10x faster
+#: than the pure-Python one on the large files), else the pure-Python one. Both build the same safe types.
+YAML_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# A file whose mtime is this close to the moment we read it may be written again within the same timestamp tick
+# (filesystems stamp with a coarse clock) and keep its (mtime, size): such a read is confirmed by re-reading the bytes.
+_RACY_NS = 2_000_000_000
+
+
+@dataclass
+class _Read:
+    sig: tuple[int, int, int]  # (mtime_ns, size, inode) at the read
+    data: bytes
+    read_at_ns: int
+
+
+class _FileBytes:
+    """The bytes of files read before, returned without a read while (mtime, size, inode) is unchanged.
+
+    The same unchanged content comes back as the same ``bytes`` object, so results derived from it can be checked with
+    an identity test. A file that was new at its read is re-read and compared ("racily clean", as git calls it)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, _Read] = {}
+
+    def read(self, path: Path) -> bytes:
+        """The file's bytes (raises OSError like ``Path.read_bytes``)."""
+        st = path.stat()
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        seen = self._seen.get(str(path))
+        if seen is not None and seen.sig == sig and seen.read_at_ns - st.st_mtime_ns > _RACY_NS:
+            return seen.data
+        read_at = time.time_ns()
+        data = path.read_bytes()
+        if seen is not None and seen.data == data:
+            data = seen.data
+        self._seen[str(path)] = _Read(sig, data, read_at)
+        return data
+
+    def unchanged(self, path: Path, data: bytes) -> bool:
+        try:
+            now = self.read(path)
+        except OSError:
+            return False
+        return now is data or now == data
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    files: tuple[tuple[Path, bytes], ...]  # the YAML file and every data file it names, with the bytes read
+    result: TaskFamilySpec | TaskSpecError
+
+
+_FILES = _FileBytes()
+_PARSED: dict[str, _Parsed] = {}
+_HEADERS: dict[str, tuple[bytes, "TaskFileHeader"]] = {}
+
+
+def clear_parse_cache() -> None:
+    """Forget every file read and parsed in this process: the next load reads, parses and validates from scratch."""
+    _FILES._seen.clear()
+    _PARSED.clear()
+    _HEADERS.clear()
+
+
 def parse_task_file(path: str | Path) -> TaskFamilySpec:
-    """Read and validate the schema of one YAML file (no sampling). Raises TaskSpecError."""
+    """Read and validate one YAML file without sampling: the schema, the data files it names (``choices_from``),
+    template fields and expression names. Raises TaskSpecError naming the file and field.
+
+    Parsed once per process: while the file and its data files are unchanged, a later call returns the same
+    (immutable) spec, or raises the same problems, without parsing again."""
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = _FILES.read(path)
     except OSError as exc:
         raise TaskSpecError.single(file, "<file>", f"cannot read: {exc.strerror or exc}") from None
+    hit = _PARSED.get(file)
+    if hit is None or hit.files[0][1] is not data or not all(_FILES.unchanged(p, b) for p, b in hit.files[1:]):
+        files: list[tuple[Path, bytes]] = [(path, data)]
+        try:
+            result: TaskFamilySpec | TaskSpecError = _parse(path, data, files)
+        except TaskSpecError as exc:
+            result = exc
+        hit = _PARSED[file] = _Parsed(tuple(files), result)
+    if isinstance(hit.result, TaskSpecError):
+        raise TaskSpecError(hit.result.issues)
+    return hit.result
+
+
+def _parse(path: Path, data: bytes, files: list[tuple[Path, bytes]]) -> TaskFamilySpec:
+    """Parse and check one file's bytes; appends every data file read to ``files``."""
+    file = str(path)
     try:
-        data = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskSpecError.single(file, "<file>", f"not UTF-8 text: {exc}") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as Path.read_text reads
+    try:
+        raw = yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 - a safe loader (C or Python)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise TaskSpecError.single(file, "<yaml>", f"{where}YAML syntax error: {problem}") from None
-    if not isinstance(data, dict):
+    if not isinstance(raw, dict):
         raise TaskSpecError.single(
-            file, "<root>", f"expected a mapping of fields (id, domain, ...), got {type(data).__name__}"
+            file, "<root>", f"expected a mapping of fields (id, domain, ...), got {type(raw).__name__}"
         )
+    issues = _read_choice_files(raw, path, files)
+    if issues:
+        raise TaskSpecError(issues)
     try:
-        return TaskFamilySpec.model_validate(data)
+        spec = TaskFamilySpec.model_validate(raw)
     except ValidationError as exc:
         raise TaskSpecError(_pydantic_issues(file, exc)) from None
+    issues = static_issues(spec, file)
+    if issues:
+        raise TaskSpecError(issues)
+    return spec
+
+
+def _read_choice_files(raw: dict[str, Any], path: Path, files: list[tuple[Path, bytes]]) -> list[SpecIssue]:
+    """Fill each ``choices_from`` parameter's ``choices`` from its JSON file (in place); the problems found."""
+    generator = raw.get("generator")
+    params = generator.get("params") if isinstance(generator, dict) else None
+    if not isinstance(params, dict):
+        return []  # the schema check reports it
+    issues: list[SpecIssue] = []
+    for name, param in params.items():
+        if not isinstance(param, dict) or param.get("choices_from") is None:
+            continue
+        loc = f"generator.params.{name}.choices_from"
+        ref = param["choices_from"]
+        if not isinstance(ref, str):
+            issues.append(SpecIssue(str(path), loc, f"expected a file path, got {type(ref).__name__}"))
+            continue
+        if "choices" in param:
+            issues.append(SpecIssue(str(path), loc, "give `choices` or `choices_from`, not both"))
+            continue
+        target = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        try:
+            data = _FILES.read(target)
+        except OSError as exc:
+            issues.append(SpecIssue(str(path), loc, f"cannot read {target}: {exc.strerror or exc}"))
+            continue
+        files.append((target, data))
+        try:
+            choices = json.loads(data)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            issues.append(SpecIssue(str(path), loc, f"{target}: invalid JSON: {exc}"))
+            continue
+        if not isinstance(choices, (list, dict)):
+            issues.append(
+                SpecIssue(str(path), loc, f"{target} must hold a list of choices or {{level: list}}, "
+                          f"got {type(choices).__name__}")
+            )
+            continue
+        param["choices"] = choices
+    return issues
+
+
+# -- checks that need no sampling: template fields and expression names ------------------------------------------
+
+
+def static_issues(spec: TaskFamilySpec, file: str) -> list[SpecIssue]:
+    """Names every template and expression of ``spec`` uses that nothing defines (and malformed templates)."""
+    from amrsd_envs import expressions  # imports sympy: only when a file is actually checked
+
+    issues: list[SpecIssue] = []
+
+    def template(loc: str, text: str | None, names: set[str]) -> None:
+        issue = _template_issue(file, loc, text, names)
+        if issue is not None:
+            issues.append(issue)
+
+    def expression(loc: str, text: str, names: set[str]) -> None:
+        try:
+            expressions.compile_expr(text, names)
+        except ValueError as exc:
+            issues.append(SpecIssue(file, loc, str(exc)))
+
+    if spec.generator is not None:
+        gen = spec.generator
+        names = set(gen.params) | {"difficulty"}
+        for name, text in gen.derived.items():
+            expression(f"generator.derived.{name}", text, names)
+            names.add(name)
+        for k, text in enumerate(gen.constraints):
+            expression(f"generator.constraints.{k}", text, names)
+        ans = spec.answer
+        if ans is not None and ans.expr is not None:
+            expression("answer.expr", ans.expr, names)
+        base = names | {"difficulty", "index"}
+        template("prompt", spec.prompt, base)
+        if ans is not None and ans.template is not None:
+            template("answer.template", ans.template, base)
+        for k, opt in enumerate(spec.options or []):
+            template(f"options.{k}", opt, base)
+        template("reference", spec.reference, base | {"answer"})
+        if spec.world is not None and spec.world.sqlite is not None:
+            template("world.sqlite.seed", spec.world.sqlite.seed, base)
+        if spec.world is not None and spec.world.http is not None:
+            template("world.http.seed", spec.world.http.seed, base)
+        for k, step in enumerate(spec.oracle or []):
+            template(f"oracle.{k}.content", step.content, base | {"answer"})
+            for c, call in enumerate(step.tool_calls):
+                for loc, text in _string_leaves(call.get("arguments", {}), f"oracle.{k}.tool_calls.{c}.arguments"):
+                    template(loc, text, base | {"answer"})
+    elif spec.dataset is not None:
+        cols = {k for k in spec.dataset.fields if k not in ("answer", "id", "reference")}
+        template("prompt", spec.prompt, cols | {"index"})
+        template("reference", spec.reference, cols | {"index", "answer"})
+    else:
+        for item in spec.instances or []:
+            template("reference", spec.reference, set(item.params) | {"answer"})
+        if spec.verifier.type == "choice":
+            for k, item in enumerate(spec.instances or []):
+                if not item.options:
+                    issues.append(SpecIssue(file, f"instances.{k}.options", "a choice task needs options"))
+    return issues
+
+
+def _template_issue(file: str, loc: str, template: str | None, names: set[str]) -> SpecIssue | None:
+    if template is None:
+        return None
+    try:
+        used = template_fields(template)
+    except ValueError as exc:
+        return SpecIssue(file, loc, f"malformed template: {exc}")
+    unknown = used - names
+    if unknown:
+        return SpecIssue(
+            file, loc, f"template names undefined parameter(s) {sorted(unknown)}; defined: {sorted(names)}"
+        )
+    return None
+
+
+def _string_leaves(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _string_leaves(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _string_leaves(v, f"{path}.{i}")
+
+
+# -- a cheap look at a file's id and domain, for loading only the families asked for -----------------------------
+
+
+@dataclass(frozen=True)
+class TaskFileHeader:
+    """The family id and domain a task file declares, or None where its text does not say so plainly."""
+
+    id: str | None
+    domain: str | None
+
+
+_TOP_LEVEL_KEY = re.compile(rb"^(id|domain):[ \t]*(.*?)[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def task_file_header(path: str | Path) -> TaskFileHeader:
+    """``id`` and ``domain`` read from their own top-level lines (``id: math.gcd_lcm``) without parsing the YAML.
+
+    A value that is quoted oddly, tagged, repeated or not a valid id/domain reads as None: the caller then parses the
+    file to know. Raises OSError when the file cannot be read."""
+    path = Path(path)
+    data = _FILES.read(path)
+    hit = _HEADERS.get(str(path))
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    found: dict[str, list[str]] = {"id": [], "domain": []}
+    for m in _TOP_LEVEL_KEY.finditer(data):
+        value = m.group(2).decode("utf-8", errors="replace")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[m.group(1).decode()].append(value)
+    ids, domains = found["id"], found["domain"]
+    header = TaskFileHeader(
+        id=ids[0] if len(ids) == 1 and _ID_RE.match(ids[0]) else None,
+        domain=domains[0] if len(domains) == 1 and domains[0] in get_args(Domain) else None,
+    )
+    _HEADERS[str(path)] = (data, header)
+    return header
 
 
 def task_spec_json_schema() -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import amrsd_envs  # noqa: F401  (registers the env ids)
-from amrsd_envs.catalog import TaskCatalog, load_env_tasks
+from amrsd_envs.catalog import TaskCatalog, TaskSampler, load_env_tasks
 from amrsd_envs.evaluate import pass_at_k
 from amrsd_envs.peers import PeerBuffer
 from amrsd_envs.sandbox import SharedSandbox
@@ -56,6 +56,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume_from = _resume_path(cfg, out / "checkpoints")
+    if resume_from is not None:
+        ckpt.check_resume_config(resume_from, cfg.model_dump(mode="json"))
 
     # -- model, engine, algorithm, tasks -----------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -145,6 +147,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "train/reward_mean": rewards.mean().item(),
             "train/pass_rate": float(np.mean([t.correct for t in trajs])),
             "train/response_length": float(np.mean([t.response_length for t in trajs])),
+            "train/batch_tokens": int(batch["attention_mask"].sum()),  # real tokens, no padding
             "train/turns": float(np.mean([t.num_turns for t in trajs])),
             "train/truncated_frac": float(np.mean([t.truncated for t in trajs])),
             "train/groups_with_signal": float((_group_std(rewards, group_ids) > 0).float().mean()),
@@ -221,21 +224,17 @@ def _make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer) -> tup
 
 
 class _TaskSampler:
-    """Train-split task ids for a step: a pure function of (seed, step), so a resumed run draws the same tasks."""
+    """Train-split task ids for a step: a pure function of (seed, step), so a resumed run draws the same tasks.
+
+    The draws are the catalog's :class:`TaskSampler` (the env's too): bounded, and an empty train split fails here,
+    at start-up, naming the families."""
 
     def __init__(self, catalog: TaskCatalog, seed: int):
-        self.catalog, self.seed = catalog, seed
-        self.family_ids = sorted(f.id for f in catalog)
+        self.seed = seed
+        self.sampler = TaskSampler(catalog, "train")
 
     def sample(self, step: int, n: int) -> list[str]:
-        rng = np.random.default_rng([self.seed, step])
-        out: list[str] = []
-        while len(out) < n:
-            fam = self.catalog[self.family_ids[int(rng.integers(len(self.family_ids)))]]
-            idx = int(rng.integers(len(fam)))
-            if fam.split_of(idx) == "train":
-                out.append(fam.instance(idx).id)
-        return out
+        return [t.id for t in self.sampler.sample(np.random.default_rng([self.seed, step]), n)]
 
 
 def _credit_context(cfg: TrainConfig, algorithm, model, tokenizer, engine, catalog, peers) -> CreditContext:
