@@ -68,6 +68,8 @@ class TaskInstance:
     reference: str | None = None
     options: tuple[str, ...] | None = None
     format_penalty: float = 0.0
+    max_attempts: int = 1  # final answers allowed (feedback-retry after a wrong one)
+    retry_discount: float = 0.5  # a correct answer on attempt k earns retry_discount ** k
     difficulty: int = 1
     params: dict[str, Any] = field(default_factory=dict)
     derived: dict[str, str] = field(default_factory=dict)  # derived values as text, for oracle/world templates
@@ -133,6 +135,8 @@ def common_fields(spec: TaskFamilySpec, difficulty: int) -> dict[str, Any]:
         tools=tuple(spec.tools),
         max_turns=spec.max_turns,
         format_penalty=spec.format_penalty,
+        max_attempts=spec.retry.max_attempts,
+        retry_discount=spec.retry.discount,
         difficulty=difficulty,
     )
 

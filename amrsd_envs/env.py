@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
-from amrsd_envs.catalog import Split, TaskCatalog, TaskInstance, load_tasks
+from amrsd_envs.catalog import Split, TaskCatalog, TaskInstance, TaskSampler, load_tasks
 from amrsd_envs.peers import PeerBuffer
 from amrsd_envs.spaces import Conversation, Utterance, copy_messages
 from amrsd_envs.verifiers import VERIFIERS, Verification, check
+
+
+TOOL_TURNS = 3
+"""With ``tools=`` given (and no ``max_turns``), each attempt gets this many tool turns before its final answer."""
+
+
+def retry_message(verification: Verification) -> str:
+    """The user's reply to a wrong final answer in feedback-retry mode: the verifier's sanitized feedback."""
+    feedback = (verification.feedback or "").strip().rstrip(".")
+    said = f" ({feedback})" if feedback else ""
+    return f"That is not correct{said}. Check your work and give the final answer again as \\boxed{{...}}."
 
 
 RESET_OPTIONS = frozenset({"task_id", "family", "split", "record_peer", "peer_step"})
@@ -39,16 +51,40 @@ class AMRSDEnv(gym.Env[list, str]):
     | no answer could be extracted              | 0.0 - family `format_penalty` |
     | a turn with tool calls (episode goes on)  | 0.0                           |
     | truncated at `max_turns`                  | 0.0                           |
+    | wrong answer with attempts left (retry)   | 0.0, and the episode goes on  |
+    | correct on attempt k (k = 1, 2, ...)      | 1.0 * `retry_discount`^(k-1)  |
 
     ## Episode end
     *Terminated* when the agent sends a message without tool calls (its final answer is verified).
-    *Truncated* when ``max_turns`` assistant messages were sent without a final answer. A malformed tool call is
+    *Truncated* when ``max_turns`` assistant messages were sent without a final answer. In feedback-retry mode
+    (``max_attempts`` > 1) a wrong final answer does not end the episode while attempts and turns are left: the env
+    appends a ``role: user`` message with the verifier's sanitized feedback (never the gold) and waits for the next
+    answer; the episode terminates at a correct answer or the last attempt. A malformed tool call is
     not an error: it yields a ``role: tool`` message with the error text, and the episode goes on.
+
+    ## Errors
+    ``step`` never raises because of what the action *says*: any ``str`` (empty, megabytes long, malformed or
+    unknown tool calls, hostile code or SQL) becomes tool messages or a verified final answer. An action longer than
+    ``action_space.max_length`` is still processed; lone surrogates (a ``str`` that is not Unicode text, e.g. bytes
+    decoded with ``errors="surrogateescape"``) are replaced by U+FFFD in the transcript. It raises only:
+
+    * ``RuntimeError`` when there is no episode to step: before the first ``reset``, after the episode ended
+      (terminated or truncated) and after ``close()``. As in Gymnasium, call ``reset()`` to start the next
+      episode; the finished one is not changed. (Through ``gym.make``, a step before the first reset raises
+      Gymnasium's ``ResetNeeded`` from its ``OrderEnforcing`` wrapper instead.)
+    * ``TypeError`` when the action is not a ``str``; the episode is unchanged and may go on.
+
+    ``reset`` raises ``ValueError`` for an unknown option or split, ``TypeError`` for an option of the wrong type and
+    ``KeyError`` (with suggestions) for an unknown ``task_id`` or ``family``. ``close()`` is idempotent; it stops the
+    env's sandbox, the episode's world services and deletes its files. ``reset()`` after ``close()`` starts afresh
+    (resources are made again on demand; close again to free them). The Math-Verify worker processes are shared by
+    every env of the process and outlive ``close()``: ``amrsd_envs.verifiers.math_pool.shutdown_pool()`` stops them.
 
     ## Info
     ``reset``: ``task_id``, ``family``, ``split``, ``tools`` (OpenAI function schemas for
-    ``tokenizer.apply_chat_template(messages, tools=info["tools"])``), ``max_turns``.
-    ``step``: ``turn``, ``tool_calls`` (count this turn), and at the end ``verification``
+    ``tokenizer.apply_chat_template(messages, tools=info["tools"])``), ``max_turns``, ``max_attempts``.
+    ``step``: ``turn``, ``tool_calls`` (count this turn), ``attempt`` after a final answer, and after each final
+    answer ``verification``
     (:class:`~amrsd_envs.verifiers.Verification`: correct, score, extracted, feedback — never the gold).
 
     ## Arguments
@@ -58,6 +94,12 @@ class AMRSDEnv(gym.Env[list, str]):
     ``split``: ``"train"`` (default) or ``"test"``: which instances ``reset`` samples from.
     ``difficulty``: the difficulty level for every family (clamped to each family's levels).
     ``max_turns``: override every family's ``max_turns``.
+    ``tools``: tool names every family's episodes may call instead of the family's own list, e.g.
+    ``["python", "calculator"]`` for math or ``["python", "calculator", "convert_units", "lookup"]`` for science
+    (the built-in math and science families default to no tools: single-turn answers). Without ``max_turns``, each
+    attempt then gets ``TOOL_TURNS`` (3) tool turns before its answer.
+    ``max_attempts``, ``retry_discount``: feedback-retry, overriding each family's ``retry:`` block (built-in
+    default 1 attempt, i.e. no retry; discount 0.5).
     ``peer_buffer``: a :class:`~amrsd_envs.peers.PeerBuffer` that receives every finished episode.
     ``sandbox_backend``: ``"local"`` or ``"docker"`` for the ``python`` tool; ``sandbox_options`` go to
     ``make_sandbox``. The env starts its sandbox on the first Python call and closes it in ``close()``.
@@ -96,6 +138,9 @@ class AMRSDEnv(gym.Env[list, str]):
         sandbox: Any = None,
         render_mode: str | None = None,
         peer_step: int = 0,
+        tools: list[str] | None = None,
+        max_attempts: int | None = None,
+        retry_discount: float | None = None,
     ):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -103,16 +148,34 @@ class AMRSDEnv(gym.Env[list, str]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if tools is not None:
+            from amrsd_envs.tools import TOOLS
+
+            if isinstance(tools, str) or not all(isinstance(t, str) for t in tools):
+                raise TypeError(f"tools must be a list of tool names, got {tools!r}")
+            unknown = [t for t in tools if t not in TOOLS]
+            if unknown:
+                raise ValueError(f"unknown tool(s) {unknown}; valid tools: {', '.join(sorted(TOOLS))}")
+        if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+                                         or max_attempts < 1):
+            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if retry_discount is not None and not 0.0 <= retry_discount <= 1.0:
+            raise ValueError(f"retry_discount must be in [0, 1], got {retry_discount!r}")
         if isinstance(tasks, TaskCatalog):
             catalog = tasks.select(domain=domain, families=families) if (domain or families) else tasks
         else:
-            catalog = load_tasks(tasks, domain=domain, families=families, difficulty=difficulty)
+            # answer functions of generator families run in the caller's sandbox (else one shared by the process)
+            catalog = load_tasks(tasks, domain=domain, families=families, difficulty=difficulty, sandbox=sandbox)
         if len(catalog) == 0:
             raise ValueError(f"no task families for domain={domain!r}, families={families!r}")
         self.catalog = catalog
         self.domain = domain
         self.split: Split = split
         self.max_turns_override = max_turns
+        self.tools_override = tuple(tools) if tools is not None else None
+        self.max_attempts_override = max_attempts
+        self.retry_discount_override = retry_discount
+        self._attempt = 0  # final answers given so far in this episode
         self.peer_buffer = peer_buffer
         self.peer_step = peer_step
         self.sandbox_backend = sandbox_backend
@@ -151,9 +214,11 @@ class AMRSDEnv(gym.Env[list, str]):
             task = self.catalog.get(options["task_id"])
         else:
             task = self._sample_task(split, options.get("family"))
+        task = self._with_overrides(task)
         self._task = task
         self._messages = task.messages()
         self._turn = 0
+        self._attempt = 0
         self._done = False
         return copy_messages(self._messages), {
             "task_id": task.id,
@@ -161,13 +226,17 @@ class AMRSDEnv(gym.Env[list, str]):
             "split": task.split,
             "tools": self._tool_schemas(task),
             "max_turns": self._max_turns(task),
+            "max_attempts": task.max_attempts,
         }
 
     def step(self, action: str) -> tuple[list, SupportsFloat, bool, bool, dict]:
         if self._done or self._task is None:
-            raise RuntimeError("step() called on a finished episode; call reset() first")
+            raise RuntimeError("step() called with no episode running (finished, closed or never reset); call reset() first")
         if not isinstance(action, str):
             raise TypeError(f"action must be the assistant message text (str), got {type(action).__name__}")
+        from amrsd_envs.tools.executor import valid_text
+
+        action = valid_text(action)
         task = self._task
         self._turn += 1
         self._messages.append({"role": "assistant", "content": action})
@@ -182,7 +251,14 @@ class AMRSDEnv(gym.Env[list, str]):
             return copy_messages(self._messages), 0.0, False, False, info
 
         verification = self._verify(task, action)
-        reward = verification.score
+        self._attempt += 1
+        info["attempt"] = self._attempt
+        if not verification.correct and self._attempt < task.max_attempts and self._turn < self._max_turns(task):
+            # feedback-retry: the sanitized verifier feedback (never the gold) as the user's reply; the episode goes on
+            self._messages.append({"role": "user", "content": retry_message(verification)})
+            info["verification"] = verification
+            return copy_messages(self._messages), 0.0, False, False, info
+        reward = verification.score * task.retry_discount ** (self._attempt - 1)
         if verification.extracted is None:
             reward -= task.format_penalty
         return self._finish(info, reward=reward, terminated=True, truncated=False, verification=verification)
@@ -196,6 +272,7 @@ class AMRSDEnv(gym.Env[list, str]):
         return "\n".join(lines)
 
     def close(self) -> None:
+        self._done = True  # a step after close() would make the episode's resources again, with nobody to free them
         self._close_episode()
         if self._sandbox is not None:
             self._sandbox.close()
@@ -210,36 +287,38 @@ class AMRSDEnv(gym.Env[list, str]):
         return self._task
 
     def task_ids(self, split: Split, n: int, *, families: list[str] | None = None) -> list[str]:
-        """A deterministic list of ``n`` task ids of ``split``: the first instances of each family, round-robin."""
-        fam_ids = families or self._family_ids
-        iters = {f: self.catalog[f].indices(split) for f in fam_ids}
-        out: list[str] = []
-        while len(out) < n and iters:
-            for f in list(iters):
-                idx = next(iters[f], None)
-                if idx is None:
-                    del iters[f]
-                    continue
-                out.append(self.catalog[f].instance(idx).id)
-                if len(out) == n:
-                    break
-        return out
+        """A deterministic list of ``n`` task ids of ``split``: the first instances of each family, round-robin.
+
+        Raises ValueError naming the families when the split is empty in all of them."""
+        return [t.id for t in TaskSampler(self.catalog, split, families or self._family_ids).first(n)]
 
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _max_turns(self, task: TaskInstance) -> int:
         return self.max_turns_override or task.max_turns
 
+    def _with_overrides(self, task: TaskInstance) -> TaskInstance:
+        """The task with this env's ``tools`` / ``max_attempts`` / ``retry_discount`` options applied. Unless
+        ``max_turns`` is given, turns grow to fit: ``TOOL_TURNS`` tool turns before each attempt when tools were
+        added, and one turn per attempt."""
+        changes: dict[str, Any] = {}
+        if self.tools_override is not None:
+            changes["tools"] = self.tools_override
+        if self.max_attempts_override is not None:
+            changes["max_attempts"] = self.max_attempts_override
+        if self.retry_discount_override is not None:
+            changes["retry_discount"] = self.retry_discount_override
+        if not changes:
+            return task
+        attempts = changes.get("max_attempts", task.max_attempts)
+        tool_turns = TOOL_TURNS if self.tools_override else 0
+        changes["max_turns"] = max(task.max_turns, attempts * (1 + tool_turns))
+        return dataclasses.replace(task, **changes)
+
     def _sample_task(self, split: Split, family: str | None) -> TaskInstance:
-        fam_ids = [family] if family is not None else self._family_ids
-        if family is not None and family not in self.catalog.families:
-            self.catalog[family]  # raises KeyError with suggestions
-        for _ in range(10_000):
-            fam = self.catalog[fam_ids[int(self.np_random.integers(len(fam_ids)))]]
-            index = int(self.np_random.integers(len(fam)))
-            if fam.split_of(index) == split:
-                return fam.instance(index)
-        raise ValueError(f"no {split!r} instances found in families {fam_ids}; check the families' split settings")
+        # an unknown family raises KeyError with suggestions; an empty split, ValueError naming family and split
+        sampler = TaskSampler(self.catalog, split, [family] if family is not None else self._family_ids)
+        return sampler.draw(self.np_random)
 
     def _tool_schemas(self, task: TaskInstance) -> list[dict[str, Any]]:
         if not task.tools:

@@ -208,6 +208,15 @@ class SplitSpec(_Strict):
     seed: int = Field(0, description="Seed of the split hash; change it to draw a different split.")
 
 
+class RetrySpec(_Strict):
+    """Feedback-retry: after a wrong final answer the env replies with the verifier's sanitized feedback as a user
+    message and the episode goes on, until ``max_attempts`` final answers were given (or ``max_turns`` ran out).
+    A correct answer on attempt ``k`` (0-based) earns ``discount ** k`` times the verifier's score."""
+
+    max_attempts: int = Field(1, ge=1, le=16, description="Final answers allowed (1: no retry).")
+    discount: float = Field(0.5, ge=0.0, le=1.0, description="Reward factor per retry: attempt k earns discount**k.")
+
+
 class DifficultySpec(_Strict):
     """The difficulty knob: parameters may declare per-level ranges; ``default`` is the level used unless the
     caller asks for another (``load_tasks(..., difficulty=...)``)."""
@@ -349,6 +358,7 @@ class TaskFamilySpec(_Strict):
     tools: list[str] = Field(default_factory=list, description="Tool names the episode may call.")
     max_turns: int = Field(1, ge=1, le=64, description="Assistant turns before the episode is truncated.")
     format_penalty: float = Field(0.0, ge=0.0, le=1.0, description="Subtracted from the reward when no answer is found.")
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="Feedback-retry after a wrong final answer.")
     difficulty: DifficultySpec = Field(default_factory=DifficultySpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
     world: WorldSpec | None = None
@@ -401,6 +411,9 @@ class TaskFamilySpec(_Strict):
                 raise ValueError(f"duplicate instance ids: {dup}")
             if not ids:
                 raise ValueError("`instances` is empty")
+        if self.retry.max_attempts > self.max_turns:
+            raise ValueError(f"retry.max_attempts ({self.retry.max_attempts}) exceeds max_turns ({self.max_turns}): "
+                             "every attempt takes a turn")
         return self
 
     @property
