@@ -475,6 +475,9 @@ def read_dataset(spec: TaskFamilySpec, source: Path) -> list[dict[str, Any]]:
     """The rows of a dataset family's file (``limit`` applied). Raises TaskSpecError naming the file and field."""
     ds = spec.dataset
     assert ds is not None
+    if ds.reader is not None:
+        return _reader_rows(source, ds.reader, ds.limit)
+    assert ds.path is not None  # DatasetSpec: exactly one of path, reader
     path = Path(ds.path)
     if not path.is_absolute():
         path = source.parent / path
@@ -506,6 +509,21 @@ def read_dataset(spec: TaskFamilySpec, source: Path) -> list[dict[str, Any]]:
     if not rows:
         raise TaskSpecError.single(source, "dataset.path", f"{path} has no rows")
     return rows
+
+
+def _reader_rows(source: Path, name: str, limit: int | None) -> list[dict[str, Any]]:
+    """The rows of ``dataset.reader`` (``amrsd_envs.datasets``); its problems reported at that field."""
+    from amrsd_envs.datasets import DatasetUnavailable, read
+
+    try:
+        rows = read(name)
+    except KeyError as exc:
+        raise TaskSpecError.single(source, "dataset.reader", str(exc.args[0])) from None
+    except DatasetUnavailable as exc:
+        raise TaskSpecError.single(source, "dataset.reader", str(exc)) from None
+    if not rows:
+        raise TaskSpecError.single(source, "dataset.reader", f"reader {name!r} returned no rows")
+    return rows[:limit] if limit else rows
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ A family is exactly one of three kinds:
 ``generator``  typed parameters sampled with a seeded RNG (``Random(seed, index)``), optional derived values and
                constraints, a prompt template and a gold answer computed by a sympy expression, a string template
                or a small Python function run in the sandbox;
-``dataset``    a local JSONL or Parquet file plus a field mapping (bring your own GSM8K/MATH copy).
+``dataset``    a local JSONL or Parquet file plus a field mapping (bring your own GSM8K/MATH copy), or the rows of a
+               registered reader of an installed package's data (``reader: champ``, ``amrsd_envs.datasets``).
 
 Templates use ``str.format`` syntax: ``{a}``, ``{x:.2f}``, ``{sub[name]}``, and ``{v:latex}`` for the LaTeX form of a
 sympy value. Expressions are sympy expressions over the parameters and earlier derived values (see
@@ -307,7 +308,11 @@ class GeneratorSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    path: str = Field(description="JSONL or Parquet file, relative to the YAML file or absolute.")
+    path: str | None = Field(None, description="JSONL or Parquet file, relative to the YAML file or absolute.")
+    reader: str | None = Field(
+        None, description="Instead of `path`: a registered reader of an installed package's data "
+        "(`amrsd_envs.datasets`, e.g. `champ`) whose rows the `fields` map like a file's."
+    )
     format: Literal["jsonl", "parquet"] | None = Field(None, description="Inferred from the suffix when omitted.")
     fields: dict[str, str] = Field(
         description="Map of our names to the file's columns: `answer` (required), `id`, `reference`; any other "
@@ -324,6 +329,14 @@ class DatasetSpec(_Strict):
         if "answer" not in v:
             raise ValueError("fields must map `answer` to a column")
         return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if (self.path is None) == (self.reader is None):
+            raise ValueError("a dataset needs exactly one of `path` (a file) and `reader` (a registered reader)")
+        if self.reader is not None and self.format is not None:
+            raise ValueError("`format` applies to a `path`, not to a `reader`")
+        return self
 
     @field_validator("answer_regex")
     @classmethod
