@@ -29,7 +29,7 @@ from amrsd_envs.tools.base import (
     tool,
 )
 from amrsd_envs.tools.context import ToolContext, default_data_dir
-from amrsd_envs.tools.executor import PARSE_ERROR_TOOL_NAME, execute_tool_calls
+from amrsd_envs.tools.executor import LIMIT_NOTICE_TOOL_NAME, PARSE_ERROR_TOOL_NAME, execute_tool_calls
 from amrsd_envs.tools.session import SERVICES, ToolSession, ToolWorld
 from amrsd_envs.tools.sql import create_sqlite_world
 
@@ -37,6 +37,7 @@ BUILTIN_TOOLS = ("python", "calculator", "convert_units", "lookup", "sql", "http
 
 __all__ = [
     "BUILTIN_TOOLS",
+    "LIMIT_NOTICE_TOOL_NAME",
     "PARSE_ERROR_TOOL_NAME",
     "SERVICES",
     "TOOLS",

@@ -13,8 +13,14 @@ __all__ = ["ToolContext", "default_data_dir", "normalize_host"]
 
 
 def default_data_dir() -> Path:
-    """``tasks/data`` of this checkout: the lookup tables shipped with the built-in tasks."""
-    return Path(__file__).resolve().parents[2] / "tasks" / "data"
+    """``data/`` of the built-in task suite (the package ``amrsd_tasks``; ``tasks/data`` of a checkout that is not
+    installed): the lookup tables shipped with the built-in tasks."""
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("amrsd_tasks"))) / "data"
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "tasks" / "data"
 
 
 def normalize_host(entry: str) -> str:
@@ -92,6 +98,9 @@ class ToolContext:
     """Tool calls run per assistant message; further calls in the same message get an error."""
     calls_total: int = 16
     """Tool calls run per episode; further calls get an error."""
+    messages_per_turn: int = 12
+    """Tool messages answering one assistant message (at least ``calls_per_turn + 1`` are used); calls and parse
+    errors beyond are summed up in the last one."""
     output_limit_chars: int = 4000
     """Each tool message is cut to this many characters, with a [truncated] marker."""
     calls_made: int = field(default=0, init=False)
@@ -105,7 +114,9 @@ class ToolContext:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"ToolContext.{name} must be a positive number of seconds, got {value!r}")
-        for name in ("python_memory_mb", "sql_max_rows", "calls_per_turn", "calls_total", "output_limit_chars"):
+        for name in (
+            "python_memory_mb", "sql_max_rows", "calls_per_turn", "calls_total", "messages_per_turn", "output_limit_chars"
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ToolContext.{name} must be a positive integer, got {value!r}")

@@ -7,11 +7,20 @@ covers ``VACUUM INTO``), transactions and savepoints (every statement commits at
 verifier sees what the model did), virtual tables, every PRAGMA except a few read-only schema
 queries, and extension loading; a progress handler interrupts a statement that runs longer than
 ``ctx.sql_timeout_s``; SQLite's length limits bound the size of any one value.
+
+SQLite runs in this process and checks the progress handler only *between* its VM instructions, so one
+instruction, a single function call, must stay short by itself: values are bounded at :data:`MAX_VALUE_BYTES`
+(100 kB), LIKE/GLOB patterns at :data:`MAX_LIKE_PATTERN_CHARS`, and ``printf``/``format`` refuse a width or
+precision above :data:`MAX_VALUE_BYTES` (``printf('%.*c', 2000000000, 'x')`` loops two billion times inside one
+call, however short its result). The handler runs every :data:`PROGRESS_EVERY_OPS` instructions, so a statement
+of many such calls is still interrupted soon after its deadline.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,9 +46,16 @@ _DENIED_ACTIONS = {
     sqlite3.SQLITE_CREATE_VTABLE: "virtual tables are not allowed",
     sqlite3.SQLITE_DROP_VTABLE: "virtual tables are not allowed",
 }
-MAX_VALUE_BYTES = 1_000_000
+MAX_VALUE_BYTES = 20_000
+MAX_LIKE_PATTERN_CHARS = 100
 MAX_CELL_CHARS = 80
-PROGRESS_EVERY_OPS = 1_000
+PROGRESS_EVERY_OPS = 10
+# A printf conversion: %, flags, width (digits or *), precision (. then digits or *), type (SQLite's printf.c).
+_PRINTF_CONVERSION = re.compile(r"%([-+ 0#,!]*)(\*|\d+)?(?:\.(\*|\d+)?)?(l{0,2})(.?)", re.DOTALL)
+_SMALL_INT_TEXT = re.compile(r"\s*[-+]?\d{1,7}\s*")
+_PRINTF_HELPER_LOCK = threading.Lock()
+_printf_helper: sqlite3.Connection | None = None
+_PRINTF_REFUSAL = threading.local()
 
 
 class SqlArgs(BaseModel):
@@ -84,6 +100,66 @@ class _Guard:
         return 0
 
 
+def _printf_problem(args: tuple[Any, ...]) -> str | None:
+    """Why SQLite's printf must not run with ``args`` (a width or precision too large), or None."""
+    if not args or not isinstance(args[0], str):
+        return None  # SQLite returns NULL (no format) or prints the format's text form: no conversions to check
+    next_arg = 1
+    for match in _PRINTF_CONVERSION.finditer(args[0]):
+        _, width, precision, _, kind = match.groups()
+        if kind == "%" and width is None and precision is None:
+            continue
+        for part in (width, precision):
+            if part is None:
+                continue
+            if part == "*":
+                value = args[next_arg] if next_arg < len(args) else 0
+                next_arg += 1
+            else:
+                value = part
+            if not _small_number(value):
+                return (
+                    f"printf/format width and precision must be at most {MAX_VALUE_BYTES} "
+                    "(longer results are not allowed anyway)"
+                )
+        next_arg += 1
+    return None
+
+
+def _checked_printf(*args: Any) -> Any:
+    """SQLite's ``printf``/``format``, after refusing a width or precision over :data:`MAX_VALUE_BYTES`.
+
+    Registered on the connection in place of the built-in (Python cannot unregister a function again, and the
+    check is harmless for anyone else using the connection); the refusal reaches ``run_sql`` through a thread-local.
+    """
+    problem = _printf_problem(args)
+    if problem is not None:
+        _PRINTF_REFUSAL.reason = problem
+        raise ValueError(problem)
+    return _builtin_printf(args)
+
+
+def _small_number(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (int, float)):
+        return abs(value) <= MAX_VALUE_BYTES
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return bool(_SMALL_INT_TEXT.fullmatch(value)) and abs(int(value)) <= MAX_VALUE_BYTES
+
+
+def _builtin_printf(args: tuple[Any, ...]) -> Any:
+    """SQLite's own printf on checked arguments, from a private in-memory connection (ours shadows it)."""
+    global _printf_helper
+    with _PRINTF_HELPER_LOCK:
+        if _printf_helper is None:
+            _printf_helper = sqlite3.connect(":memory:", check_same_thread=False)
+            _printf_helper.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        placeholders = ", ".join("?" for _ in args)
+        return _printf_helper.execute(f"SELECT printf({placeholders})", args).fetchone()[0]
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -110,9 +186,17 @@ def run_sql(conn: sqlite3.Connection, query: str, *, timeout_s: float, max_rows:
     conn.set_authorizer(guard.authorize)
     conn.set_progress_handler(guard.progress, PROGRESS_EVERY_OPS)
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_LIKE_PATTERN_CHARS)
     conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    for name in ("printf", "format"):
+        conn.create_function(name, -1, _checked_printf)
+    _PRINTF_REFUSAL.reason = None
     cursor = conn.cursor()
     try:
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolError("the statement is not valid Unicode text (it has a lone surrogate such as \\ud800)") from None
         cursor.execute(query)
         if cursor.description is None:
             count = cursor.rowcount
@@ -121,8 +205,9 @@ def run_sql(conn: sqlite3.Connection, query: str, *, timeout_s: float, max_rows:
         rows = cursor.fetchmany(max_rows + 1)
         return _table(columns, rows[:max_rows], len(rows) > max_rows, max_rows)
     except (sqlite3.Error, sqlite3.Warning) as exc:
-        if guard.refusal:
-            raise ToolError(f"refused: {guard.refusal}") from None
+        refusal = guard.refusal or _PRINTF_REFUSAL.reason
+        if refusal:
+            raise ToolError(f"refused: {refusal}") from None
         if guard.timed_out:
             raise ToolError(f"the statement was interrupted after {timeout_s:g} s; simplify it or add LIMIT") from None
         message = str(exc)

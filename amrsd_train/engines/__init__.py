@@ -29,6 +29,7 @@ EngineFactory = Callable[..., Engine]
 _REGISTRY: dict[str, EngineFactory | str] = {
     "hf": "amrsd_train.engines.hf:HFEngine",
     "vllm": "amrsd_train.engines.vllm:VLLMEngine",
+    "openai": "amrsd_train.engines.openai:OpenAIEngine",
 }
 
 
