@@ -67,7 +67,8 @@ class OpenAIPolicy:
             if self._tool_choice:
                 body["tool_choice"] = self._tool_choice
         resp = self._post(body)
-        if resp.status_code == 400 and tools and not self._tool_choice and "tool" in resp.text and "choice" in resp.text:
+        refused_auto = resp.status_code == 400 and "tool" in resp.text and "choice" in resp.text
+        if refused_auto and tools and not self._tool_choice:
             self._tool_choice = "none"  # e.g. vLLM without --enable-auto-tool-choice: plain-text tool calls
             resp = self._post({**body, "tool_choice": "none"})
         if resp.status_code != 200:
