@@ -231,7 +231,9 @@ class AMRSDEnv(gym.Env[list, str]):
 
     def step(self, action: str) -> tuple[list, SupportsFloat, bool, bool, dict]:
         if self._done or self._task is None:
-            raise RuntimeError("step() called with no episode running (finished, closed or never reset); call reset() first")
+            raise RuntimeError(
+                "step() called with no episode running (finished, closed or never reset); call reset() first"
+            )
         if not isinstance(action, str):
             raise TypeError(f"action must be the assistant message text (str), got {type(action).__name__}")
         from amrsd_envs.tools.executor import valid_text

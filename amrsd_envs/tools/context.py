@@ -114,9 +114,8 @@ class ToolContext:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"ToolContext.{name} must be a positive number of seconds, got {value!r}")
-        for name in (
-            "python_memory_mb", "sql_max_rows", "calls_per_turn", "calls_total", "messages_per_turn", "output_limit_chars"
-        ):
+        counts = ("python_memory_mb", "sql_max_rows", "calls_per_turn", "calls_total", "messages_per_turn")
+        for name in (*counts, "output_limit_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ToolContext.{name} must be a positive integer, got {value!r}")
