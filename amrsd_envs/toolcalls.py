@@ -91,6 +91,11 @@ def _skip_whitespace(text: str, pos: int) -> int:
     return pos
 
 
+MAX_MALFORMED_BLOCKS = 64
+"""After this many malformed blocks in one message the rest is reported in one error, unparsed (a message of
+thousands of broken blocks would otherwise cost time quadratic in its length)."""
+
+
 def _resync(text: str, search_from: int) -> int:
     """Where parsing resumes after a malformed call body that starts at ``search_from``.
 
@@ -170,6 +175,11 @@ def parse_tool_calls(text: str) -> ParsedToolCalls:
             content_parts.append(text[pos:])
             break
         content_parts.append(text[pos:start])
+        if len(errors) >= MAX_MALFORMED_BLOCKS:
+            # each malformed block costs a scan of the rest of the text; stop before that turns quadratic
+            rest = text.count(OPEN_TAG, start)
+            errors.append(f"{rest} more <tool_call> block(s) not parsed after {MAX_MALFORMED_BLOCKS} malformed ones")
+            break
         index += 1
         label = f"tool call #{index}"
         body_start = start + len(OPEN_TAG)

@@ -885,12 +885,6 @@ def test_one_sql_statement_cannot_stall_the_process(tmp_path: Path, query: str, 
         assert expected in result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="amrsd_envs/toolcalls.py (owned elsewhere) is quadratic in the number of malformed blocks: each "
-    "json.JSONDecodeError counts the lines of the whole text before its position, and _resync searches to the end "
-    "for a closing tag that is not there. 1 MB of '<tool_call>{' takes minutes. Remove this mark once it is fixed.",
-)
 def test_many_malformed_blocks_parse_in_linear_time() -> None:
     """A hang detector, not a timing: linear parsing takes well under a second here; the bug takes minutes."""
     import subprocess

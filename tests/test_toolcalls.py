@@ -266,3 +266,13 @@ def test_text_around_a_rendered_call_is_kept(call, before, after):
     assert parsed.calls == [call]
     assert parsed.errors == []
     assert parsed.content == f"{before}{after}".strip()
+
+
+def test_malformed_blocks_past_the_cap_are_reported_in_one_error():
+    from amrsd_envs.toolcalls import MAX_MALFORMED_BLOCKS, OPEN_TAG, parse_tool_calls
+
+    good = '<tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}</tool_call>'
+    parsed = parse_tool_calls(good + (OPEN_TAG + "{") * (MAX_MALFORMED_BLOCKS + 10))
+    assert [c.name for c in parsed.calls] == ["calculator"]
+    assert len(parsed.errors) == MAX_MALFORMED_BLOCKS + 1
+    assert parsed.errors[-1] == f"10 more <tool_call> block(s) not parsed after {MAX_MALFORMED_BLOCKS} malformed ones"
