@@ -68,10 +68,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     algorithm = ALGORITHMS.get(cfg.algorithm)()
     adv_estimator = ADVANTAGE_ESTIMATORS.get(cfg.adv_estimator)
     ref_model = _frozen_copy(cfg, model) if cfg.kl_coef > 0 else None
-    catalog = _catalog(cfg)
+    sandbox = SharedSandbox(cfg.sandbox_backend)  # first: answer functions of generator families run in it too
+    catalog = _catalog(cfg, sandbox)
     task_sampler = _TaskSampler(catalog, cfg.seed)
     peers = PeerBuffer(per_task=cfg.peers_per_task)
-    envs, sandbox = _make_envs(cfg, catalog, peers)
+    envs, sandbox = _make_envs(cfg, catalog, peers, sandbox)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop_strings=STOP_STRINGS)
     ctx = _credit_context(cfg, algorithm, model, tokenizer, engine, catalog, peers)
@@ -214,9 +215,10 @@ def _load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
     return model, tokenizer
 
 
-def _make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer) -> tuple[list[gym.Env], SharedSandbox]:
+def _make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer,
+               sandbox: SharedSandbox | None = None) -> tuple[list[gym.Env], SharedSandbox]:
     """One env per concurrent episode (a step's G x tasks, or an evaluation's), all on one sandbox."""
-    sandbox = SharedSandbox(cfg.sandbox_backend)
+    sandbox = sandbox if sandbox is not None else SharedSandbox(cfg.sandbox_backend)
     n_envs = max(cfg.tasks_per_step * cfg.group_size, cfg.eval_tasks * cfg.eval_k)
     envs = [gym.make("AMRSD-All-v0", tasks=catalog, max_turns=cfg.max_turns, peer_buffer=peers, sandbox=sandbox)
             for _ in range(n_envs)]
@@ -272,8 +274,9 @@ def _step_seed(seed: int, step: int) -> int:
     return int(np.random.default_rng([seed, step, 7]).integers(2**31))
 
 
-def _catalog(cfg: TrainConfig) -> TaskCatalog:
-    return load_env_tasks(cfg.envs, families=cfg.families, path=cfg.tasks_dir, difficulty=cfg.difficulty)
+def _catalog(cfg: TrainConfig, sandbox: SharedSandbox | None = None) -> TaskCatalog:
+    return load_env_tasks(cfg.envs, families=cfg.families, path=cfg.tasks_dir, difficulty=cfg.difficulty,
+                          sandbox=sandbox)
 
 
 def _resume_path(cfg: TrainConfig, root: Path) -> Path | None:
