@@ -165,7 +165,10 @@ def test_host_files_are_not_readable(sandbox: Sandbox, host_secrets) -> None:
         "    except OSError as exc:\n"
         "        print('denied', type(exc).__name__)\n"
         f"print('checkout visible', os.path.exists({str(REPO_ROOT)!r}))\n"
-        f"print('checkout parent listed', os.path.exists({str(REPO_ROOT.parent)!r}) and bool(os.listdir({str(REPO_ROOT.parent)!r})))\n"
+        # the checkout's parent may be a folder the sandbox has of its own (a clone under /tmp): what must not show is
+        # the host's listing of it, i.e. the checkout's own name
+        f"print('checkout parent listed', os.path.isdir({str(REPO_ROOT.parent)!r}) and "
+        f"{REPO_ROOT.name!r} in os.listdir({str(REPO_ROOT.parent)!r}))\n"
         "print('docker socket', os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.sock'))\n"
         "try:\n"
         "    open('/etc/shadow').read()\n"
