@@ -1,7 +1,9 @@
 """The training loop: rollout -> verify -> advantages -> token credit -> PPO epochs -> log -> eval -> checkpoint.
 
-``train(config)`` reads top to bottom; everything it calls is either a pure function (``advantages``, ``losses``)
-or a small helper in this file with one job.
+``train(config)`` reads top to bottom; everything it calls is either a pure function (``advantages``, ``losses``),
+the update's pieces (``update``: collate, token scoring, PPO epochs) or a small helper in this file with one job.
+The helpers that other loops and benchmarks reuse are public (``load_policy``, ``load_catalog``, ``make_envs``,
+``StepTaskSampler``, ``step_seed``, ``update_generator``, ``lr_lambda``).
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ from amrsd_envs.peers import PeerBuffer
 from amrsd_envs.sandbox import SharedSandbox
 from amrsd_train import checkpoint as ckpt
 from amrsd_train.advantages import ADVANTAGE_ESTIMATORS
-from amrsd_train.algorithms import ALGORITHMS, Credit, CreditContext, VerifiedBatch
+from amrsd_train.algorithms import ALGORITHMS, CreditContext, VerifiedBatch
 from amrsd_train.config import TrainConfig
 from amrsd_train.credit_log import write_inspect_record
 from amrsd_train.engines import make_engine
 from amrsd_train.engines.base import SamplingParams
-from amrsd_train.losses import entropy_from_logits, kl_penalty, policy_loss
 from amrsd_train.metrics import MetricsLogger, plot_run
 from amrsd_train.reflection import PromptTemplates, Reflector
 from amrsd_train.rollout import ChatTokens, Trajectory, run_group_rollouts
 from amrsd_train.teacher import Teacher
+from amrsd_train.update import TokenScorer, collate, ppo_update, score_batch
 
 STOP_STRINGS = ("</tool_call>",)
 
@@ -61,24 +63,25 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # -- model, engine, algorithm, tasks -----------------------------------------------------------------------
     t0 = time.perf_counter()
-    model, tokenizer = _load_policy(cfg, resume_from / "model" if resume_from else None)
+    model, tokenizer = load_policy(cfg, resume_from / "model" if resume_from else None)
     t_load = time.perf_counter() - t0  # includes the tiny model's warm start when it is not cached yet
     torch.manual_seed(cfg.seed)
     engine = make_engine(cfg.engine, model=model, tokenizer=tokenizer, device=cfg.device)
     algorithm = ALGORITHMS.get(cfg.algorithm)()
     adv_estimator = ADVANTAGE_ESTIMATORS.get(cfg.adv_estimator)
-    ref_model = _frozen_copy(cfg, model) if cfg.kl_coef > 0 else None
+    scorer = TokenScorer(model)  # the one log-prob path: old, reference and current log-probs
+    ref_scorer = TokenScorer(_frozen_copy(cfg, model)) if cfg.kl_coef > 0 else None
     sandbox = SharedSandbox(cfg.sandbox_backend)  # first: answer functions of generator families run in it too
-    catalog = _catalog(cfg, sandbox)
-    task_sampler = _TaskSampler(catalog, cfg.seed)
+    catalog = load_catalog(cfg, sandbox)
+    task_sampler = StepTaskSampler(catalog, cfg.seed)
     peers = PeerBuffer(per_task=cfg.peers_per_task)
-    envs, sandbox = _make_envs(cfg, catalog, peers, sandbox)
+    envs, sandbox = make_envs(cfg, catalog, peers, sandbox)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop_strings=STOP_STRINGS)
     ctx = _credit_context(cfg, algorithm, model, tokenizer, engine, catalog, peers)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start_step, best = 0, {}
     if resume_from is not None:
         state, blobs = ckpt.load_trainer_state(resume_from)
@@ -110,14 +113,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         # 1. rollout: G episodes per task, tools run inside the envs, verified at the end of each episode
         task_ids = task_sampler.sample(step, cfg.tasks_per_step)
         trajs, rstats = run_group_rollouts(engine, envs, task_ids, cfg.group_size, sampling,
-                                           max_total_tokens=cfg.max_total_tokens, seed=_step_seed(cfg.seed, step),
+                                           max_total_tokens=cfg.max_total_tokens, seed=step_seed(cfg.seed, step),
                                            reset_options={"peer_step": step})
 
         # 2. sequence advantages A_i from each group's rewards
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
         group_ids = torch.tensor([t.group_id for t in trajs])
         adv = adv_estimator(rewards, group_ids, cfg.adv_eps)
-        batch = _collate(trajs, cfg.device)
+        batch = collate(trajs, cfg.device)
         verified = _verified_batch(trajs, adv, group_ids, batch, step, cfg.total_steps)
 
         # 3. token credit: the algorithm (AMR-SD: reflect -> teacher CIG -> gate) turns A_i into A_hat_{i,t}
@@ -130,16 +133,17 @@ def train(cfg: TrainConfig) -> TrainResult:
         # 4. old (and reference) log-probs, scored once before the update
         t0 = time.perf_counter()
         if cfg.recompute_old_logprobs and cfg.ppo_epochs * cfg.mini_batches > 1:
-            batch["old_logp"] = _logprobs(model, batch, no_grad=True)
+            batch["old_logp"] = score_batch(scorer, batch, cfg.micro_batch_size)
         elif cfg.recompute_old_logprobs:
             batch["old_logp"] = None  # one update per batch: the policy is still pi_old, ratio = 1 (as TRL/verl)
-        ref_logp = _logprobs(ref_model, batch, no_grad=True) if ref_model is not None else None
+        ref_logp = score_batch(ref_scorer, batch, cfg.micro_batch_size) if ref_scorer is not None else None
         t_score = time.perf_counter() - t0
 
         # 5. PPO epochs over mini-batches, gradient accumulation over micro-batches
         t0 = time.perf_counter()
         model.train()
-        upd = _update(cfg, model, optimizer, scheduler, batch, credit, ref_logp, step)
+        upd = ppo_update(cfg, scorer, optimizer, scheduler, batch, credit.token_adv, ref_logp,
+                         update_generator(cfg.seed, step), aux_loss=credit.aux_loss)
         engine.update_weights(model)
         t_update = time.perf_counter() - t0
 
@@ -194,7 +198,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 # helpers, each with one job
 
 
-def _load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
+def load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
     """The policy to train: from a checkpoint when resuming, else the configured model (warm-starting `tiny`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,7 +219,7 @@ def _load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
     return model, tokenizer
 
 
-def _make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer,
+def make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer,
                sandbox: SharedSandbox | None = None) -> tuple[list[gym.Env], SharedSandbox]:
     """One env per concurrent episode (a step's G x tasks, or an evaluation's), all on one sandbox."""
     sandbox = sandbox if sandbox is not None else SharedSandbox(cfg.sandbox_backend)
@@ -225,7 +229,7 @@ def _make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer,
     return envs, sandbox
 
 
-class _TaskSampler:
+class StepTaskSampler:
     """Train-split task ids for a step: a pure function of (seed, step), so a resumed run draws the same tasks.
 
     The draws are the catalog's :class:`TaskSampler` (the env's too): bounded, and an empty train split fails here,
@@ -270,11 +274,17 @@ def _postfix(metrics: dict[str, Any]) -> dict[str, str]:
     return {name: f"{metrics[k]:.2f}" for name, k in keys.items() if k in metrics}
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
+    """The rollout seed of ``step``: a pure function of (seed, step), so a resumed run samples as the first did."""
     return int(np.random.default_rng([seed, step, 7]).integers(2**31))
 
 
-def _catalog(cfg: TrainConfig, sandbox: SharedSandbox | None = None) -> TaskCatalog:
+def update_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of ``step``'s mini-batch shuffle (the update's row order is a pure function of seed and step)."""
+    return torch.Generator().manual_seed(step_seed(seed, step) + 1)
+
+
+def load_catalog(cfg: TrainConfig, sandbox: SharedSandbox | None = None) -> TaskCatalog:
     return load_env_tasks(cfg.envs, families=cfg.families, path=cfg.tasks_dir, difficulty=cfg.difficulty,
                           sandbox=sandbox)
 
@@ -290,7 +300,7 @@ def _resume_path(cfg: TrainConfig, root: Path) -> Path | None:
     return path
 
 
-def _lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: TrainConfig):
     total, warm = cfg.total_steps * cfg.ppo_epochs * cfg.mini_batches, cfg.lr_warmup_steps
 
     def f(k: int) -> float:
@@ -311,86 +321,6 @@ def _frozen_copy(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
-
-
-def _collate(trajs: list[Trajectory], device: str) -> dict[str, torch.Tensor]:
-    """Right-padded [B, T] tensors of the trajectories (masks 0 on padding)."""
-    T = max(len(t.input_ids) for t in trajs)
-    B = len(trajs)
-    ids = torch.zeros(B, T, dtype=torch.long)
-    attn = torch.zeros(B, T, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.float32)
-    old = torch.zeros(B, T, dtype=torch.float32)
-    turns = torch.full((B, T), -1, dtype=torch.long)
-    answer = torch.zeros(B, T, dtype=torch.float32)
-    for i, t in enumerate(trajs):
-        n = len(t.input_ids)
-        ids[i, :n] = torch.tensor(t.input_ids)
-        attn[i, :n] = 1
-        mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
-        old[i, :n] = torch.tensor(t.old_logprobs, dtype=torch.float32)
-        turns[i, :n] = torch.tensor(t.turn_ids)
-        answer[i, :n] = torch.tensor(t.answer_mask, dtype=torch.float32)
-    # column t of logp/mask refers to predicting ids[t + 1] from ids[<= t]; token 0 is never a target
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": mask[:, 1:].to(device),
-            "old_logp": old[:, 1:].to(device), "turn_ids": turns[:, 1:], "answer_mask": answer[:, 1:]}
-
-
-def _logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, no_grad: bool, rows=None,
-              with_entropy: bool = False, with_logits: bool = False):
-    ids = batch["input_ids"] if rows is None else batch["input_ids"][rows]
-    attn = batch["attention_mask"] if rows is None else batch["attention_mask"][rows]
-    with torch.set_grad_enabled(not no_grad):
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        # gather minus logsumexp: never materialises a second [B, T, V] tensor of log-probabilities
-        logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        if with_entropy:
-            return logp, entropy_from_logits(logits.detach()), (logits if with_logits else None)
-    return logp
-
-
-def _update(cfg: TrainConfig, model, optimizer, scheduler, batch, credit: Credit, ref_logp, step: int) -> dict[str, float]:
-    token_adv = credit.token_adv.to(batch["loss_mask"].device)
-    B = token_adv.shape[0]
-    mb_size = B // cfg.mini_batches
-    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step) + 1)
-    sums: dict[str, list[float]] = {}
-    for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=gen)
-        for m in range(cfg.mini_batches):
-            mb = order[m * mb_size:(m + 1) * mb_size]
-            optimizer.zero_grad(set_to_none=True)
-            mb_tokens = batch["loss_mask"][mb].sum().clamp(min=1)
-            for c in range(0, len(mb), cfg.micro_batch_size):
-                rows = mb[c:c + cfg.micro_batch_size]
-                logp, ent, logits = _logprobs(model, batch, no_grad=False, rows=rows, with_entropy=True,
-                                              with_logits=credit.aux_loss is not None)
-                mask = batch["loss_mask"][rows]
-                old = batch["old_logp"][rows] if batch["old_logp"] is not None else logp.detach()
-                loss, stats = policy_loss(logp, old, token_adv[rows], mask,
-                                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-                                          agg=cfg.loss_agg)
-                if credit.aux_loss is not None:
-                    aux, aux_stats = credit.aux_loss(logits, rows)
-                    loss = loss + aux
-                    stats = {**stats, **aux_stats, "actor/aux_loss": aux.item()}
-                if ref_logp is not None:
-                    kl_tok = kl_penalty(logp, ref_logp[rows], cfg.kl_kind)
-                    kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
-                    loss = loss + cfg.kl_coef * kl
-                    stats = {**stats, "actor/kl_ref": kl.item()}
-                # weight micro-batches so the accumulated gradient equals the mini-batch's
-                weight = (mask.sum() / mb_tokens) if cfg.loss_agg == "token-mean" else len(rows) / len(mb)
-                (loss * weight).backward()
-                stats = {**stats, "actor/entropy": ((ent * mask).sum() / mask.sum().clamp(min=1)).item(),
-                         "actor/loss": loss.item()}
-                for k, v in stats.items():
-                    sums.setdefault(k, []).append(float(v))
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            sums.setdefault("actor/grad_norm", []).append(float(grad_norm))
-            optimizer.step()
-            scheduler.step()
-    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 def _group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,10 @@ Part 1, update throughput on one fixed batch. The project's rollout (``run_group
 produces ``--tasks`` x ``--group`` episodes of ``--family``; ``grpo_advantages`` gives their advantages. Then, on
 exactly those token sequences, loss masks and advantages:
 
-- **amrsd**: the old-log-prob pass and ``_update`` as ``amrsd_train.trainer.train`` calls them (``_collate``,
-  ``_logprobs(no_grad=True)``, ``_update`` with one PPO epoch, one mini-batch, micro-batches of
-  ``--micro-batch``: forward, ``policy_loss``, backward per micro-batch, grad clip, one AdamW step);
+- **amrsd**: the trainer's public update functions exactly as ``amrsd_train.trainer.train`` calls them
+  (``amrsd_train.update``: ``collate``, ``score_batch`` for the old log-probs, ``ppo_update`` with one PPO epoch,
+  one mini-batch, length-bucketed micro-batches of ``--micro-batch`` rows: forward through ``TokenScorer``,
+  ``policy_loss``, backward per micro-batch, grad clip, one AdamW step);
 - **TRL**: ``bench/trl_worker.py`` under TRL's own virtualenv (``--trl-venv``, made here when missing) builds a
   real ``GRPOTrainer`` on the same model folder and runs ``training_step`` (its ``compute_loss`` + backward) per
   micro-batch, then clip + AdamW step, with the same micro-batches in the same order; and, separately, its
@@ -14,7 +15,8 @@ exactly those token sequences, loss masks and advantages:
 
 Same settings on both sides: PPO-clip eps 0.2/0.2 without dual-clip, no KL (``beta=0``), token-mean aggregation
 over the whole batch (TRL's ``dapo`` loss), lr 1e-5 constant, AdamW (torch, not fused), grad-norm clip 1.0,
-float32, ``torch.set_num_threads(--threads)``. The two run interleaved (amrsd, TRL, amrsd, TRL, ...), one warm-up
+float32, ``torch.set_num_threads(--threads)`` and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``--threads`` in both
+processes. The two run interleaved (amrsd, TRL, amrsd, TRL, ...), one warm-up
 round then ``--repeats`` timed rounds; the table gives medians. Tokens/s counts every real token of the batch
 (prompt, tool results, template glue and sampled tokens, no padding) and, separately, the trained tokens
 (``loss_mask`` = 1). A numeric check prints both losses on the first micro-batch before any step: the ratio is 1
@@ -92,7 +94,7 @@ class LossCheck:
     batch_trained_tokens: int
     amrsd_grad_norm: float  # pre-clip gradient norm of the first optimizer step (same weights, same batch)
     trl_grad_norm: float
-    update_loss: float  # _update's actor/loss (mean of per-micro-batch token-means) on its first round
+    update_loss: float  # ppo_update's actor/loss (mean of per-micro-batch token-means) on its first round
     mirror_loss: float  # the same quantity computed by this script from the trainer's own functions
     logp_max_abs_diff: float  # TRL's log-probs against the project's old log-probs, trained tokens of micro-batch 1
     logp_mean_abs_diff: float
@@ -119,7 +121,8 @@ def machine_lines(threads: int) -> list[str]:
         f"{fields.get('CPU(s)', os.cpu_count())} CPUs ({fields.get('Core(s) per socket', '?')} cores/socket, "
         f"{fields.get('Thread(s) per core', '?')} threads/core), {platform.system()} {platform.release()}",
         f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"torch threads {threads} (both processes); load average at start: {load}",
+        f"torch threads {threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (both processes); "
+        f"load average at start: {load}",
     ]
 
 
@@ -185,21 +188,21 @@ def make_batch(cfg, model, tokenizer, tries: int):
     from amrsd_train.engines.base import SamplingParams
     from amrsd_train.engines.hf import HFEngine
     from amrsd_train.rollout import run_group_rollouts
-    from amrsd_train.trainer import STOP_STRINGS, _catalog, _step_seed, _TaskSampler
+    from amrsd_train.trainer import STOP_STRINGS, load_catalog, step_seed, StepTaskSampler
 
     engine = HFEngine(model=model, tokenizer=tokenizer, device=cfg.device)
-    catalog = _catalog(cfg)
+    catalog = load_catalog(cfg)
     n = cfg.tasks_per_step * cfg.group_size
     envs = [gym.make("AMRSD-All-v0", tasks=catalog, max_turns=cfg.max_turns) for _ in range(n)]
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop_strings=STOP_STRINGS)
     try:
         for step in range(tries):
-            task_ids = _TaskSampler(catalog, cfg.seed).sample(step, cfg.tasks_per_step)
+            task_ids = StepTaskSampler(catalog, cfg.seed).sample(step, cfg.tasks_per_step)
             model.eval()
             t0 = time.perf_counter()
             trajs, _ = run_group_rollouts(engine, envs, task_ids, cfg.group_size, sampling,
-                                          max_total_tokens=cfg.max_total_tokens, seed=_step_seed(cfg.seed, step))
+                                          max_total_tokens=cfg.max_total_tokens, seed=step_seed(cfg.seed, step))
             seconds = time.perf_counter() - t0
             rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
             group_ids = torch.tensor([t.group_id for t in trajs])
@@ -214,35 +217,38 @@ def make_batch(cfg, model, tokenizer, tries: int):
     return BatchInfo(trajs, adv, seconds, float(rewards.mean()), tries, True)
 
 
-def micro_batch_rows(cfg, batch_size: int, step: int) -> list[list[int]]:
-    """The micro-batches ``_update`` forms at ``step`` (1 epoch, 1 mini-batch): the same row permutation."""
+def micro_batches(cfg, batch) -> list[list[int]]:
+    """The micro-batches ``ppo_update`` forms at step 0 (1 epoch, 1 mini-batch): the trainer's shuffle generator and
+    its length bucketing, so TRL gets the same rows in the same micro-batches and order."""
     import torch
 
-    from amrsd_train.trainer import _step_seed
+    from amrsd_train.trainer import update_generator
+    from amrsd_train.update import micro_batch_rows
 
-    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step) + 1)
-    order = torch.randperm(batch_size, generator=gen).tolist()
-    return [order[c:c + cfg.micro_batch_size] for c in range(0, batch_size, cfg.micro_batch_size)]
+    B = batch["input_ids"].shape[0]
+    order = torch.randperm(B, generator=update_generator(cfg.seed, 0))
+    return [m.tolist() for m in micro_batch_rows(batch["lengths"], order, cfg.micro_batch_size)]
 
 
-def mirror_losses(cfg, model, batch, adv, micro: list[list[int]]) -> list[tuple[float, float]]:
-    """(token-mean loss, loss x accumulation weight) per micro-batch, computed as ``_update`` computes them."""
+def mirror_losses(cfg, scorer, batch, adv, micro: list[list[int]]) -> list[tuple[float, float]]:
+    """(token-mean loss, loss x accumulation weight) per micro-batch, from the public scorer and loss, as
+    ``ppo_update`` computes them (its own ``actor/loss`` is compared with these below)."""
     import torch
 
     from amrsd_train.losses import policy_loss
-    from amrsd_train.trainer import _logprobs
 
     rows_all = [r for mb in micro for r in mb]
     mb_tokens = batch["loss_mask"][rows_all].sum().clamp(min=1)
     out = []
-    model.train()
     with torch.no_grad():
         for rows in micro:
             idx = torch.tensor(rows)
-            logp = _logprobs(model, batch, no_grad=True, rows=idx)
-            mask = batch["loss_mask"][idx]
-            loss, _ = policy_loss(logp, batch["old_logp"][idx], adv[idx], mask, clip_low=cfg.clip_low,
-                                  clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg)
+            L = int(batch["lengths"][idx].max())
+            mask = batch["loss_mask"][idx, :L - 1]
+            logp = scorer(batch["input_ids"][idx, :L], batch["attention_mask"][idx, :L], mask > 0)
+            loss, _ = policy_loss(logp, batch["old_logp"][idx, :L - 1], adv[idx, :L - 1], mask,
+                                  clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                                  agg=cfg.loss_agg)
             out.append((float(loss), float(loss * mask.sum() / mb_tokens)))
     return out
 
@@ -302,12 +308,12 @@ def write_batch_file(path: Path, model_dir: Path, cfg, trajs, batch, adv, micro)
 def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Path) -> None:
     import torch
 
-    from amrsd_train.algorithms import Credit
-    from amrsd_train.trainer import _collate, _load_policy, _logprobs, _lr_lambda, _update
+    from amrsd_train.trainer import load_policy, lr_lambda, update_generator
+    from amrsd_train.update import TokenScorer, collate, ppo_update, score_batch
 
     cfg = train_config(args, model_dir)
     torch.set_num_threads(args.threads)
-    model, tokenizer = _load_policy(cfg, None)
+    model, tokenizer = load_policy(cfg, None)
     torch.manual_seed(cfg.seed)
     info_b = make_batch(cfg, model, tokenizer, args.batch_tries)
     trajs, adv = info_b.trajs, info_b.adv
@@ -315,13 +321,15 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
     B = len(trajs)
     tokens = sum(len(t.input_ids) for t in trajs)
     trained = sum(t.response_length for t in trajs)
-    batch = _collate(trajs, cfg.device)
-    # GRPO's token credit: A_i on every sampled token, as the trainer's `grpo` algorithm hands it to _update
-    credit = Credit(torch.where(batch["loss_mask"] > 0, adv[:, None], torch.zeros(())))
+    batch = collate(trajs, cfg.device)
+    # GRPO's token credit: A_i on every sampled token, as the trainer's `grpo` algorithm hands it to ppo_update
+    token_adv = torch.where(batch["loss_mask"] > 0, adv[:, None], torch.zeros(()))
+    scorer = TokenScorer(model)
     model.eval()
-    batch["old_logp"] = _logprobs(model, batch, no_grad=True)
-    micro = micro_batch_rows(cfg, B, step=0)
-    mirror = mirror_losses(cfg, model, batch, adv, micro)
+    batch["old_logp"] = score_batch(scorer, batch, cfg.micro_batch_size)
+    micro = micro_batches(cfg, batch)
+    model.train()
+    mirror = mirror_losses(cfg, scorer, batch, token_adv, micro)
 
     batch_file = work / "batch.json"
     write_batch_file(batch_file, model_dir, cfg, trajs, batch, adv, micro)
@@ -348,18 +356,18 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                       weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         ours_score, ours_update, ours_both, trl_score, trl_update = [], [], [], [], []
         update_loss = ours_grad_norm = trl_grad_norm = float("nan")
         rounds = 1 + args.repeats
         for r in range(rounds):
-            # amrsd: exactly the trainer's steps 3 and 4 (the step index fixes _update's micro-batch order)
+            # amrsd: exactly the trainer's steps 4 and 5 (step 0's generator fixes ppo_update's micro-batches)
             model.eval()
             t0 = time.perf_counter()
-            batch["old_logp"] = _logprobs(model, batch, no_grad=True)
+            batch["old_logp"] = score_batch(scorer, batch, cfg.micro_batch_size)
             t1 = time.perf_counter()
             model.train()
-            upd = _update(cfg, model, optimizer, scheduler, batch, credit, None, 0)
+            upd = ppo_update(cfg, scorer, optimizer, scheduler, batch, token_adv, None, update_generator(cfg.seed, 0))
             t2 = time.perf_counter()
             t_trl_score = worker.ask("score")["seconds"]
             trl_upd = worker.ask("update")
@@ -381,9 +389,9 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
         worker.close()
 
     rows = [
-        Timing("amrsd old-logp pass (_logprobs, whole batch)", ours_score, tokens, trained),
-        Timing(f"amrsd _update ({len(micro)} micro x {cfg.micro_batch_size}, 1 step)", ours_update, tokens, trained),
-        Timing("amrsd old-logp + _update (train() as is)", ours_both, tokens, trained),
+        Timing("amrsd old-logp pass (score_batch)", ours_score, tokens, trained),
+        Timing(f"amrsd ppo_update ({len(micro)} micro x {cfg.micro_batch_size}, 1 step)", ours_update, tokens, trained),
+        Timing("amrsd old-logp + ppo_update", ours_both, tokens, trained),
         Timing(f"TRL old-logp pass (chunks of {cfg.micro_batch_size})", trl_score, tokens, trained,
                "only run when num_iterations > 1 or with vLLM IS correction"),
         Timing(f"TRL training_step x{len(micro)} + clip + step", trl_update, tokens, trained,
@@ -406,9 +414,9 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
             print(f"note: {r.name}: {r.note}")
     print()
     print(f"update only:       amrsd/TRL throughput = {ref.median / rows[1].median:.2f}x "
-          f"(amrsd _update vs TRL training_step+step)")
+          f"(amrsd ppo_update vs TRL training_step+step)")
     print(f"as each runs it:   amrsd/TRL throughput = {ref.median / rows[2].median:.2f}x "
-          f"(amrsd old-logp + _update vs TRL update, which skips the old-logp pass at num_iterations=1)")
+          f"(amrsd old-logp + ppo_update vs TRL update, which skips the old-logp pass at num_iterations=1)")
     print(f"same work:         amrsd/TRL throughput = {rows[5].median / rows[2].median:.2f}x "
           f"(both with an old-logp pass)")
     print(f"old-logp pass:     amrsd/TRL throughput = {rows[3].median / rows[0].median:.2f}x")
@@ -429,7 +437,7 @@ def part1(args: argparse.Namespace, model_dir: Path, trl_python: Path, work: Pat
     print(f"  gradient norm of the first optimizer step (whole batch, before clipping): amrsd "
           f"{check.amrsd_grad_norm:.9f}   TRL {check.trl_grad_norm:.9f}   relative diff "
           f"{abs(check.amrsd_grad_norm - check.trl_grad_norm) / max(abs(check.trl_grad_norm), 1e-30):.2e}")
-    print(f"  _update's actor/loss on its first round {check.update_loss:+.9f} vs this script's mirror of it "
+    print(f"  ppo_update's actor/loss on its first round {check.update_loss:+.9f} vs this script's mirror of it "
           f"{check.mirror_loss:+.9f} (|diff| {abs(check.update_loss - check.mirror_loss):.2e})")
     print(f"  TRL per-token log-probs vs amrsd old log-probs on those tokens: "
           f"max |diff| {check.logp_max_abs_diff:.2e}, "
@@ -500,6 +508,10 @@ def main() -> None:
     if args.group < 2:
         raise SystemExit("--group must be >= 2 (a group of 1 has advantage 0)")
 
+    # the same OpenMP/MKL settings in this process and in the TRL worker (which inherits this environment);
+    # set before torch is imported, which reads them once
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -234,7 +234,7 @@ def test_env_reset_on_an_empty_split_raises_naming_the_family(tmp_path):
 def test_trainer_sampler_with_test_fraction_one_fails_instead_of_spinning(tmp_path):
     trainer = pytest.importorskip("amrsd_train.trainer")
     with pytest.raises(ValueError, match=r"'train' split is empty in family t\.add"):
-        trainer._TaskSampler(load_tasks(generator(tmp_path, test_fraction=1.0)), seed=0)
+        trainer.StepTaskSampler(load_tasks(generator(tmp_path, test_fraction=1.0)), seed=0)
 
 
 @pytest.mark.timeout(120)
@@ -243,7 +243,7 @@ def test_trainer_sampler_draws_the_same_ids_for_a_seed_as_before(tmp_path):
     generator(tmp_path)
     fixed(tmp_path)
     catalog = load_tasks(tmp_path)
-    sampler = trainer._TaskSampler(catalog, seed=11)
+    sampler = trainer.StepTaskSampler(catalog, seed=11)
     for step in (0, 3):
         assert sampler.sample(step, 5) == _reference_draws(catalog, "train", np.random.default_rng([11, step]), 5)
 

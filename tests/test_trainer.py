@@ -345,11 +345,11 @@ def test_every_config_field_is_documented():
 
 def test_trainer_envs_share_one_unstarted_sandbox(tmp_path):
     from amrsd_envs.peers import PeerBuffer
-    from amrsd_train.trainer import _catalog, _make_envs
+    from amrsd_train.trainer import load_catalog, make_envs
 
     cfg = base_config(tmp_path, Path(TASKS), tasks_per_step=3, group_size=4, eval_tasks=2, eval_k=2,
                       eval_temperature=1.0)
-    envs, sandbox = _make_envs(cfg, _catalog(cfg), PeerBuffer())
+    envs, sandbox = make_envs(cfg, load_catalog(cfg), PeerBuffer())
     assert len(envs) == 12 and not sandbox.started
     assert all(env.unwrapped._get_sandbox() is sandbox for env in envs)
     for env in envs:
