@@ -29,6 +29,7 @@ from amrsd_envs.catalog import TaskCatalog, load_env_tasks
 from amrsd_envs.oracle import OraclePolicy
 from amrsd_train.config import SFTConfig
 from amrsd_train.rollout import ChatTokens
+from amrsd_train.update import TokenScorer
 
 
 def collect_demonstrations(catalog: TaskCatalog, per_family: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
@@ -110,6 +111,7 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     losses, solve_losses = [], []
+    scorer = TokenScorer(model)
     model.train()
     bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, unit="step")
     for _ in bar:
@@ -125,10 +127,8 @@ def sft(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], cfg
             ids[r, : len(x)] = torch.tensor(x)
             attn[r, : len(x)] = 1
             mask[r, : len(x)] = torch.tensor(m, dtype=torch.float32)
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                reduction="none").view(len(batch), T - 1)
         m = mask[:, 1:]
+        nll = -scorer(ids, attn, m > 0)  # the trainer's scorer: the LM head runs on the demonstrated tokens only
         loss = (nll * m).sum() / m.sum().clamp(min=1)
         solving = torch.tensor([solves[i] for i in picked])[:, None] * m
         solve_loss = ((nll.detach() * solving).sum() / solving.sum()).item() if solving.sum() > 0 else None
@@ -184,8 +184,9 @@ def reflection_demonstrations(catalog: TaskCatalog, cfg: SFTConfig) -> tuple[Dem
     return reflect, hinted
 
 
-WARM_START_VERSION = 2
-"""Bumped when the demonstrations a warm start is made of change (2: reflection and hint-conditioned demos)."""
+WARM_START_VERSION = 3
+"""Bumped when the demonstrations a warm start is made of, or its loss's arithmetic, change (2: reflection and
+hint-conditioned demos; 3: the loss is scored by ``TokenScorer``, so its floats round differently)."""
 
 
 _NOT_RESULT = {"progress", "threads", "output"}  # SFT settings that do not change the model it makes

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from amrsd_train.engines.base import Completion, FinishReason, SamplingParams, state_dict_of, unwrap_model
+from amrsd_train.update import TokenScorer
 
 
 @dataclass
@@ -166,6 +167,7 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._scorer = TokenScorer(self.model, logits_budget=min(score_logits_budget, 1 << 24))
 
     @property
     def device(self) -> torch.device:
@@ -228,6 +230,7 @@ class HFEngine:
                     f"prompts[{i}] has {len(prompt)} tokens, leaving no room to generate within "
                     f"max_model_len={self.max_model_len}"
                 )
+        params.check_prompt_seeds(len(ids))
         base_seed = params.seed if params.seed is not None else secrets.randbits(63)
         # Greedy rows of one prompt are identical: decode one and copy it.
         per_prompt = 1 if params.greedy else params.n
@@ -239,7 +242,9 @@ class HFEngine:
                 states = [
                     _Row(
                         prompt_index=i,
-                        generator=None if params.greedy else self._generator(_row_seed(base_seed, i * params.n + j)),
+                        generator=None if params.greedy else self._generator(
+                            _row_seed(params.prompt_seeds[i], j) if params.prompt_seeds is not None
+                            else _row_seed(base_seed, i * params.n + j)),
                         budget=min(params.max_new_tokens, self.max_model_len - len(ids[i])),
                         token_ids=[],
                         logprobs=[],
@@ -404,27 +409,10 @@ class HFEngine:
             attention[r, : len(ids)] = 1
             need[r, : len(ids)] = needs[r]
         result = torch.zeros((len(seqs), width), dtype=torch.float32)
-        # Logits at position t predict token t + 1: keep only positions some row needs.
-        targets = need.any(dim=0).nonzero().squeeze(-1)
-        if targets.numel():
-            keep = (targets - 1).to(device)
-            input_ids, attention = input_ids.to(device), attention.to(device)
-            positions = torch.arange(width, device=device).expand(len(seqs), -1)
-            kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
-            logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=False,
-                                **kwargs).logits
-            if not self._keeps_logits:
-                logits = logits[:, keep]
-            target_ids = input_ids[:, targets.to(device)]
-            # Chunk the float32 log_softmax over positions to bound the extra memory beyond the logits.
-            chunk = max(1, self.score_logits_budget // max(1, len(seqs) * self.vocab_size))
-            picked = [
-                torch.log_softmax(logits[:, c : c + chunk].float(), dim=-1)
-                .gather(-1, target_ids[:, c : c + chunk, None])
-                .squeeze(-1)
-                for c in range(0, keep.numel(), chunk)
-            ]
-            result[:, targets] = torch.cat(picked, dim=1).cpu()
+        if bool(need.any()):
+            # the trainer's scorer: the LM head runs only where some row needs a log-prob (column t - 1 scores token t)
+            logp = self._scorer(input_ids.to(device), attention.to(device), need[:, 1:].to(device))
+            result[:, 1:] = logp.float().cpu()
         result = result.masked_fill(~need, 0.0)
         return [result[r, : len(ids)].clone() for r, ids in enumerate(seqs)]
 
