@@ -1,7 +1,7 @@
 """AMR-SD environments: multi-turn Gymnasium envs for math, science and tool-use tasks.
 
-Importing this package registers ``AMRSD-Math-v0``, ``AMRSD-Science-v0`` and ``AMRSD-ToolUse-v0`` (and
-``AMRSD-All-v0``, every family). It never imports torch; registration itself imports nothing heavy.
+Importing this package registers ``AMRSD-Math-v0``, ``AMRSD-Science-v0``, ``AMRSD-ToolUse-v0``,
+``AMRSD-BFCL-v0`` (the BFCL single-turn function-calling categories) and ``AMRSD-All-v0`` (every family). It never imports torch; registration itself imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ ENV_IDS = {
     "AMRSD-Math-v0": "math",
     "AMRSD-Science-v0": "science",
     "AMRSD-ToolUse-v0": "tooluse",
+    "AMRSD-BFCL-v0": "function_calling",
     "AMRSD-All-v0": None,
 }
 

@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -140,10 +140,26 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     ]:
         table.add_row(name, str(n), f"{100 * p1:.1f}%", *([f"{100 * pk:.1f}%"] if with_k else []))
     console.print(table)
+    _print_bfcl_scores(console, report)
     if args.out:
         Path(args.out).write_text(report.model_dump_json(indent=2))
         console.print(f"report written to {args.out}")
     return 0
+
+
+def _print_bfcl_scores(console: Any, report: Any) -> None:
+    """BFCL-style accuracy per category and BFCL's summaries, when the report has ``bfcl.*`` families."""
+    from amrsd_envs.evaluate import bfcl_scores
+
+    scores = bfcl_scores(report)
+    if not scores:
+        return
+    table = Table(title=f"BFCL accuracy, {report.split} split")
+    table.add_column("category")
+    table.add_column("accuracy", justify="right")
+    for name, value in scores.items():
+        table.add_row(f"[b]{name}[/b]" if name in ("non_live_ast", "live_ast") else name, f"{100 * value:.2f}%")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The multi-turn text environment behind ``AMRSD-Math-v0``, ``AMRSD-Science-v0`` and ``AMRSD-ToolUse-v0``."""
+"""The multi-turn text environment behind ``AMRSD-Math-v0``, ``AMRSD-Science-v0``, ``AMRSD-ToolUse-v0`` and
+``AMRSD-BFCL-v0``."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ TOOL_TURNS = 3
 """With ``tools=`` given (and no ``max_turns``), each attempt gets this many tool turns before its final answer."""
 
 
-def retry_message(verification: Verification) -> str:
-    """The user's reply to a wrong final answer in feedback-retry mode: the verifier's sanitized feedback."""
+def retry_message(verification: Verification, *, calls: bool = False) -> str:
+    """The user's reply to a wrong final answer in feedback-retry mode: the verifier's sanitized feedback.
+    ``calls``: the answer is function calls (a function-calling family), not a boxed value."""
     feedback = (verification.feedback or "").strip().rstrip(".")
     said = f" ({feedback})" if feedback else ""
-    return f"That is not correct{said}. Check your work and give the final answer again as \\boxed{{...}}."
+    again = "answer again" if calls else "give the final answer again as \\boxed{...}"
+    return f"That is not correct{said}. Check your work and {again}."
 
 
 RESET_OPTIONS = frozenset({"task_id", "family", "split", "record_peer", "peer_step"})
@@ -31,7 +34,9 @@ RESET_OPTIONS = frozenset({"task_id", "family", "split", "record_peer", "peer_st
 class AMRSDEnv(gym.Env[list, str]):
     """A multi-turn agentic task: the agent answers (and may call tools) until it gives a final answer.
 
-    One class serves every domain; domains differ only by their task families and tools.
+    One class serves every domain; domains differ only by their task families and tools. ``AMRSD-BFCL-v0`` (domain
+    ``function_calling``) serves the BFCL single-turn categories (families ``bfcl.*``): there the task brings its
+    own functions and the first message is the answer (see *Function calling* below).
 
     ## Observation
     ``Conversation``: the whole transcript so far, a list of OpenAI-style messages
@@ -42,6 +47,24 @@ class AMRSDEnv(gym.Env[list, str]):
     ``Utterance``: one assistant message as text. Tool calls are written in it in the Hermes/Qwen format
     ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (several allowed). A message with no tool call is
     the final answer (math/science: ``\\boxed{...}``).
+
+    ## Function calling (``AMRSD-BFCL-v0``)
+    A family with a ``function_calling:`` block (the BFCL families ``bfcl.simple``, ``bfcl.multiple``,
+    ``bfcl.parallel``, ``bfcl.parallel_multiple``, ``bfcl.live_simple``, ``bfcl.live_multiple``,
+    ``bfcl.irrelevance``) gives each task its own functions: ``info["tools"]`` holds that task's OpenAI function
+    schemas (BFCL's types written as JSON-schema types). The agent's first message is its answer, calls or not:
+    its ``<tool_call>`` blocks are graded as they are (``bfcl_ast``: BFCL's AST match, several calls in any order
+    for the parallel categories) and nothing is executed, so no ``role: tool`` message ever comes back. For
+    ``bfcl.irrelevance`` no function fits and the right answer is a message without calls. The env's ``tools=``
+    option does not apply to these families.
+
+    ```python
+    env = gym.make("AMRSD-BFCL-v0", families=["bfcl.simple"])
+    messages, info = env.reset(options={"task_id": "bfcl.simple/simple_python_1"})
+    info["tools"][0]["function"]["name"]                # 'math.factorial'
+    call = '<tool_call>\\n{"name": "math.factorial", "arguments": {"number": 5}}\\n</tool_call>'
+    messages, reward, terminated, truncated, info = env.step(call)   # reward 1.0, terminated
+    ```
 
     ## Rewards
     | outcome                                   | reward                        |
@@ -55,7 +78,8 @@ class AMRSDEnv(gym.Env[list, str]):
     | correct on attempt k (k = 1, 2, ...)      | 1.0 * `retry_discount`^(k-1)  |
 
     ## Episode end
-    *Terminated* when the agent sends a message without tool calls (its final answer is verified).
+    *Terminated* when the agent sends a message without tool calls (its final answer is verified); in a
+    function-calling family, after the first message, with or without calls.
     *Truncated* when ``max_turns`` assistant messages were sent without a final answer. In feedback-retry mode
     (``max_attempts`` > 1) a wrong final answer does not end the episode while attempts and turns are left: the env
     appends a ``role: user`` message with the verifier's sanitized feedback (never the gold) and waits for the next
@@ -88,7 +112,7 @@ class AMRSDEnv(gym.Env[list, str]):
     (:class:`~amrsd_envs.verifiers.Verification`: correct, score, extracted, feedback — never the gold).
 
     ## Arguments
-    ``domain``: ``"math" | "science" | "tooluse" | None`` (None: all families).
+    ``domain``: ``"math" | "science" | "tooluse" | "function_calling" | None`` (None: all families).
     ``tasks``: a tasks directory or file (default: the built-in ``tasks/``), or a loaded ``TaskCatalog``.
     ``families``: family ids or glob patterns to keep, e.g. ``["math.fraction_sum", "math.lin*"]``.
     ``split``: ``"train"`` (default) or ``"test"``: which instances ``reset`` samples from.
@@ -119,7 +143,7 @@ class AMRSDEnv(gym.Env[list, str]):
     constructor's ``peer_step``).
 
     ## Version history
-    * v0: initial release.
+    * v0: initial release; ``AMRSD-BFCL-v0`` and function-calling families added later without changing the others.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -224,7 +248,7 @@ class AMRSDEnv(gym.Env[list, str]):
             "task_id": task.id,
             "family": task.family_id,
             "split": task.split,
-            "tools": self._tool_schemas(task),
+            "tools": self._tool_schemas(task),  # per-task functions for a function-calling family
             "max_turns": self._max_turns(task),
             "max_attempts": task.max_attempts,
         }
@@ -244,7 +268,8 @@ class AMRSDEnv(gym.Env[list, str]):
         self._messages.append({"role": "assistant", "content": action})
         info: dict[str, Any] = {"task_id": task.id, "turn": self._turn, "tool_calls": 0}
 
-        tool_messages = self._run_tools(task, action)
+        # a function-calling family's calls are its answer: nothing to run, the message is verified as it is
+        tool_messages = [] if self._function_calling(task) else self._run_tools(task, action)
         if tool_messages:
             self._messages.extend(tool_messages)
             info["tool_calls"] = len(tool_messages)
@@ -257,7 +282,8 @@ class AMRSDEnv(gym.Env[list, str]):
         info["attempt"] = self._attempt
         if not verification.correct and self._attempt < task.max_attempts and self._turn < self._max_turns(task):
             # feedback-retry: the sanitized verifier feedback (never the gold) as the user's reply; the episode goes on
-            self._messages.append({"role": "user", "content": retry_message(verification)})
+            calls = self._function_calling(task) is not None
+            self._messages.append({"role": "user", "content": retry_message(verification, calls=calls)})
             info["verification"] = verification
             return copy_messages(self._messages), 0.0, False, False, info
         reward = verification.score * task.retry_discount ** (self._attempt - 1)
@@ -322,7 +348,16 @@ class AMRSDEnv(gym.Env[list, str]):
         sampler = TaskSampler(self.catalog, split, [family] if family is not None else self._family_ids)
         return sampler.draw(self.np_random)
 
+    def _function_calling(self, task: TaskInstance) -> Any:
+        """The family's ``function_calling`` spec (None for the others)."""
+        return self.catalog[task.family_id].spec.function_calling
+
     def _tool_schemas(self, task: TaskInstance) -> list[dict[str, Any]]:
+        calling = self._function_calling(task)
+        if calling is not None:
+            import copy
+
+            return copy.deepcopy(list(task.params[calling.schemas]))
         if not task.tools:
             return []
         from amrsd_envs.tools import get_tool

@@ -154,6 +154,27 @@ def _report(
     )
 
 
+BFCL_NON_LIVE = ("bfcl.simple", "bfcl.multiple", "bfcl.parallel", "bfcl.parallel_multiple")
+BFCL_LIVE = ("bfcl.live_simple", "bfcl.live_multiple")
+
+
+def bfcl_scores(report: EvalReport) -> dict[str, float]:
+    """BFCL-style accuracy of the ``bfcl.*`` families in ``report``: each category's accuracy (its pass@1), then
+    BFCL's summaries over the categories present: ``non_live_ast`` (the unweighted mean of simple, multiple, parallel
+    and parallel_multiple; BFCL's own simple score also averages Java and JavaScript, which are not in the suite),
+    ``live_ast`` (the mean over live tasks, i.e. weighted by task count, as BFCL weights live categories) and
+    ``irrelevance``. Empty when the report has no BFCL family."""
+    fams = {f: s for f, s in report.per_family.items() if f.startswith("bfcl.")}
+    scores = {f.removeprefix("bfcl."): s.pass_at_1 for f, s in fams.items()}
+    non_live = [fams[f].pass_at_1 for f in BFCL_NON_LIVE if f in fams]
+    if non_live:
+        scores["non_live_ast"] = sum(non_live) / len(non_live)
+    live = [fams[f] for f in BFCL_LIVE if f in fams]
+    if live:
+        scores["live_ast"] = sum(s.pass_at_1 * s.n_tasks for s in live) / sum(s.n_tasks for s in live)
+    return scores
+
+
 def _resolve_policy(policy: Policy | str, env: gym.Env, options: dict[str, Any]) -> tuple[str, Policy]:
     if isinstance(policy, str):
         if policy == "oracle":

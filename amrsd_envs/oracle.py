@@ -2,7 +2,9 @@
 
 A family without an ``oracle:`` block answers in one turn with its worked reference followed by the gold answer in
 ``\\boxed{}``. A family with one (tool-use families) sends its steps in order: each step's tool calls (string
-argument values are templates over the instance parameters and ``{answer}``) and text.
+argument values are templates over the instance parameters and ``{answer}``) and text. A function-calling family
+(BFCL) answers with what its verifier kind says a perfect response is (``oracle_response(gold)``: for ``bfcl_ast``,
+each expected call with the first allowed value of every argument).
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ from amrsd_envs.catalog import TaskCatalog, TaskInstance
 def oracle_messages(task: TaskInstance, catalog: TaskCatalog) -> list[str]:
     """The assistant messages of the oracle trajectory, in order (the last one is the final answer)."""
     spec = catalog[task.family_id].spec
+    if spec.function_calling is not None:
+        from amrsd_envs.verifiers import VERIFIERS
+
+        verifier = VERIFIERS[task.verifier]
+        if not hasattr(verifier, "oracle_response"):
+            raise ValueError(f"family {spec.id}: verifier {task.verifier!r} cannot write an oracle response for a "
+                             "function-calling family (it has no oracle_response(gold))")
+        return [verifier.oracle_response(task.answer)]
     values = task.template_values()
     if spec.oracle:
         from amrsd_envs.toolcalls import ToolCall, render_tool_calls

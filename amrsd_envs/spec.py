@@ -9,6 +9,9 @@ A family is exactly one of three kinds:
 ``dataset``    a local JSONL or Parquet file plus a field mapping (bring your own GSM8K/MATH copy), or the rows of a
                registered reader of an installed package's data (``reader: champ``, ``amrsd_envs.datasets``).
 
+A ``dataset`` family of domain ``function_calling`` (the BFCL categories) also has a ``function_calling:`` block: each
+task's own function schemas come from one of its fields, and the calls of the agent's first message are the answer.
+
 Templates use ``str.format`` syntax: ``{a}``, ``{x:.2f}``, ``{sub[name]}``, and ``{v:latex}`` for the LaTeX form of a
 sympy value. Expressions are sympy expressions over the parameters and earlier derived values (see
 ``amrsd_envs.expressions`` for the functions available). See ``tasks/README.md`` for a worked example of each kind.
@@ -40,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from amrsd_envs.errors import SpecIssue, TaskSpecError
 
-Domain = Literal["math", "science", "tooluse"]
+Domain = Literal["math", "science", "tooluse", "function_calling"]
 Number = Union[int, float]
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
@@ -262,6 +265,17 @@ class OracleStep(_Strict):
     )
 
 
+class FunctionCallingSpec(_Strict):
+    """Single-turn function calling (BFCL): each task shows the agent its own function schemas, and the agent's first
+    message is its answer. The calls in it are graded by the verifier (e.g. ``bfcl_ast``) and never executed; a
+    message without calls is an answer too (the right one when no function fits)."""
+
+    schemas: str = Field(
+        description="The `dataset.fields` entry holding each task's function schemas (a list of OpenAI tool schemas, "
+        "`{type: function, function: {name, description, parameters}}`), shown to the agent as `info['tools']`."
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the three kinds
 
@@ -378,6 +392,9 @@ class TaskFamilySpec(_Strict):
     oracle: list[OracleStep] | None = Field(
         None, description="Scripted oracle trajectory; default is the reference followed by the boxed answer."
     )
+    function_calling: FunctionCallingSpec | None = Field(
+        None, description="Per-task function schemas, and the calls of the first message are the answer (BFCL)."
+    )
     tags: list[str] = Field(default_factory=list)
 
     instances: list[FixedInstance] | None = None
@@ -424,6 +441,17 @@ class TaskFamilySpec(_Strict):
                 raise ValueError(f"duplicate instance ids: {dup}")
             if not ids:
                 raise ValueError("`instances` is empty")
+        if (self.domain == "function_calling") != (self.function_calling is not None):
+            raise ValueError("a `function_calling` block and `domain: function_calling` go together")
+        if self.function_calling is not None:
+            if self.dataset is None or self.function_calling.schemas not in self.dataset.fields:
+                raise ValueError(f"function_calling.schemas ({self.function_calling.schemas!r}) must name an entry "
+                                 "of `dataset.fields`: the column holding each task's function schemas")
+            if self.tools or self.oracle or self.world is not None:
+                raise ValueError("a function_calling family takes no `tools`, `oracle` or `world`: its functions "
+                                 "are per task, its calls are never run, and its oracle comes from the verifier")
+            if self.system is None:
+                raise ValueError("a function_calling family needs a `system` prompt (there is no domain default)")
         if self.retry.max_attempts > self.max_turns:
             raise ValueError(f"retry.max_attempts ({self.retry.max_attempts}) exceeds max_turns ({self.max_turns}): "
                              "every attempt takes a turn")

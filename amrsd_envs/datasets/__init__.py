@@ -5,7 +5,10 @@ package's own data files through :mod:`importlib.resources` (never the network).
 with ``dataset.fields`` exactly as it maps a JSONL file's. Readers register here by name; a reader whose package is
 not installed raises :class:`DatasetUnavailable` with the ``pip install`` line that fixes it.
 
-Built in: ``champ`` (:mod:`amrsd_envs.datasets.champ`, the CHAMP competition-math problems of ``champ-dataset``).
+Built in: ``champ`` (:mod:`amrsd_envs.datasets.champ`, the CHAMP competition-math problems of ``champ-dataset``) and
+``bfcl_<category>`` for the BFCL v4 single-turn categories of ``bfcl-eval`` (:mod:`amrsd_envs.datasets.bfcl`:
+``bfcl_simple``, ``bfcl_multiple``, ``bfcl_parallel``, ``bfcl_parallel_multiple``, ``bfcl_live_simple``,
+``bfcl_live_multiple``, ``bfcl_irrelevance``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,23 @@ def _champ() -> list[Row]:
     return read_rows()
 
 
+def _bfcl(category: str) -> Callable[[], list[Row]]:
+    def read_category() -> list[Row]:
+        from amrsd_envs.datasets.bfcl import read_rows
+
+        return read_rows(category)
+
+    return read_category
+
+
+_BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
+                    "irrelevance")  # amrsd_envs.datasets.bfcl.CATEGORIES, named here so registering imports nothing
+
 #: Reader name -> function returning the rows. Register more with :func:`register_reader`.
-READERS: dict[str, Callable[[], list[Row]]] = {"champ": _champ}
+READERS: dict[str, Callable[[], list[Row]]] = {
+    "champ": _champ,
+    **{f"bfcl_{category}": _bfcl(category) for category in _BFCL_CATEGORIES},
+}
 
 
 def register_reader(name: str, reader: Callable[[], list[Row]]) -> None:

@@ -1,8 +1,9 @@
 """Answer verifiers: a response and a gold answer in, a ``Verification`` out.
 
 Built-in kinds: ``math`` (Math-Verify equivalence, run in worker processes under a hard timeout), ``numeric``
-(tolerance, units by pint), ``choice`` (option letter or text), ``exact`` (normalised string equality) and
-``regex`` (a task-declared pattern). Later kinds join with ``register_verifier``.
+(tolerance, units by pint), ``choice`` (option letter or text), ``exact`` (normalised string equality),
+``regex`` (a task-declared pattern), ``world_state`` (the episode's world) and ``bfcl_ast`` (BFCL's AST match of
+function calls). Later kinds join with ``register_verifier``.
 
 >>> check("numeric", "3200 m", "The distance is \\\\boxed{3.2 \\\\text{km}}").correct
 True
@@ -60,3 +61,8 @@ from amrsd_envs.verifiers.world_state import WorldStateVerifier  # noqa: E402  (
 
 if WorldStateVerifier.name not in VERIFIERS:  # reload-safe, as above
     register_verifier(WorldStateVerifier())
+
+from amrsd_envs.verifiers.bfcl_ast import BfclAstVerifier  # noqa: E402  (the bfcl_ast kind)
+
+if BfclAstVerifier.name not in VERIFIERS:  # reload-safe, as above
+    register_verifier(BfclAstVerifier())
