@@ -51,20 +51,33 @@ class AMRSDEnv(gym.Env[list, str]):
     ## Function calling (``AMRSD-BFCL-v0``)
     A family with a ``function_calling:`` block (the BFCL families ``bfcl.simple``, ``bfcl.multiple``,
     ``bfcl.parallel``, ``bfcl.parallel_multiple``, ``bfcl.live_simple``, ``bfcl.live_multiple``,
-    ``bfcl.irrelevance``) gives each task its own functions: ``info["tools"]`` holds that task's OpenAI function
-    schemas (BFCL's types written as JSON-schema types). The agent's first message is its answer, calls or not:
+    ``bfcl.irrelevance``, and ``bfcl.multi_turn_base`` below) gives each task its own functions: ``info["tools"]``
+    holds that task's OpenAI function schemas (BFCL's types written as JSON-schema types). In the single-turn
+    families the agent's first message is its answer, calls or not:
     its ``<tool_call>`` blocks are graded as they are (``bfcl_ast``: BFCL's AST match, several calls in any order
     for the parallel categories) and nothing is executed, so no ``role: tool`` message ever comes back. For
     ``bfcl.irrelevance`` no function fits and the right answer is a message without calls. The env's ``tools=``
     option does not apply to these families.
 
     ```python
+    import gymnasium as gym, amrsd_envs
     env = gym.make("AMRSD-BFCL-v0", families=["bfcl.simple"])
     messages, info = env.reset(options={"task_id": "bfcl.simple/simple_python_1"})
     info["tools"][0]["function"]["name"]                # 'math.factorial'
     call = '<tool_call>\\n{"name": "math.factorial", "arguments": {"number": 5}}\\n</tool_call>'
     messages, reward, terminated, truncated, info = env.step(call)   # reward 1.0, terminated
+    assert reward == 1.0 and terminated
     ```
+
+    ## Scripted user turns (``bfcl.multi_turn_base``)
+    A verifier kind may bring an episode world (``episode_world(gold)``; today ``bfcl_multi_turn``): the env makes
+    it at ``reset``, the agent's calls run on it (``role: tool`` messages with the results or the error text), and
+    it scripts the user's side. A message without calls ends the current *user turn*: the world checks that turn,
+    and if the task has more, the next user message is appended (``info["user_turn"]``: its index) and the episode
+    goes on with reward 0.0. The message that ends the last user turn is the final answer. For
+    ``bfcl.multi_turn_base`` the world is BFCL's executable backends and each turn is checked as BFCL's multi-turn
+    checker does (``amrsd_envs/bfcl_multi_turn.py``); ``max_turns`` (40) counts assistant messages over all user
+    turns.
 
     ## Rewards
     | outcome                                   | reward                        |
@@ -76,10 +89,13 @@ class AMRSDEnv(gym.Env[list, str]):
     | truncated at `max_turns`                  | 0.0                           |
     | wrong answer with attempts left (retry)   | 0.0, and the episode goes on  |
     | correct on attempt k (k = 1, 2, ...)      | 1.0 * `retry_discount`^(k-1)  |
+    | end of a user turn with more to come      | 0.0, and the next user turn   |
+    | multi-turn: every user turn passed        | 1.0 (else 0.0)                |
 
     ## Episode end
     *Terminated* when the agent sends a message without tool calls (its final answer is verified); in a
-    function-calling family, after the first message, with or without calls.
+    single-turn function-calling family, after the first message, with or without calls; with scripted user turns,
+    at the message without calls that ends the last user turn.
     *Truncated* when ``max_turns`` assistant messages were sent without a final answer. In feedback-retry mode
     (``max_attempts`` > 1) a wrong final answer does not end the episode while attempts and turns are left: the env
     appends a ``role: user`` message with the verifier's sanitized feedback (never the gold) and waits for the next
@@ -107,7 +123,8 @@ class AMRSDEnv(gym.Env[list, str]):
     ## Info
     ``reset``: ``task_id``, ``family``, ``split``, ``tools`` (OpenAI function schemas for
     ``tokenizer.apply_chat_template(messages, tools=info["tools"])``), ``max_turns``, ``max_attempts``.
-    ``step``: ``turn``, ``tool_calls`` (count this turn), ``attempt`` after a final answer, and after each final
+    ``step``: ``turn``, ``tool_calls`` (count this turn), ``user_turn`` when a scripted user turn was appended,
+    ``attempt`` after a final answer, and after each final
     answer ``verification``
     (:class:`~amrsd_envs.verifiers.Verification`: correct, score, extracted, feedback — never the gold).
 
@@ -143,7 +160,8 @@ class AMRSDEnv(gym.Env[list, str]):
     constructor's ``peer_step``).
 
     ## Version history
-    * v0: initial release; ``AMRSD-BFCL-v0`` and function-calling families added later without changing the others.
+    * v0: initial release; ``AMRSD-BFCL-v0`` and function-calling families added later without changing the others;
+      scripted user turns (``bfcl.multi_turn_base``) added later, without changing any other family's episodes.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -213,6 +231,7 @@ class AMRSDEnv(gym.Env[list, str]):
         self._turn = 0
         self._done = True
         self._tool_session: Any = None  # per-episode tool resources (amrsd_envs.tools.ToolSession)
+        self._world: Any = None  # a verifier kind's episode world (runs the calls, scripts the user turns)
         self._sandbox: Any = None  # shared across episodes: starting one is the expensive part
         self._external_sandbox = sandbox  # the caller's: used, never closed here
         self._record_peer, self._episode_peer_step = True, peer_step
@@ -240,6 +259,7 @@ class AMRSDEnv(gym.Env[list, str]):
             task = self._sample_task(split, options.get("family"))
         task = self._with_overrides(task)
         self._task = task
+        self._world = self._episode_world(task)
         self._messages = task.messages()
         self._turn = 0
         self._attempt = 0
@@ -268,14 +288,22 @@ class AMRSDEnv(gym.Env[list, str]):
         self._messages.append({"role": "assistant", "content": action})
         info: dict[str, Any] = {"task_id": task.id, "turn": self._turn, "tool_calls": 0}
 
-        # a function-calling family's calls are its answer: nothing to run, the message is verified as it is
-        tool_messages = [] if self._function_calling(task) else self._run_tools(task, action)
+        tool_messages = self._run_tools(task, action)
         if tool_messages:
             self._messages.extend(tool_messages)
             info["tool_calls"] = len(tool_messages)
             if self._turn >= self._max_turns(task):
                 return self._finish(info, reward=0.0, terminated=False, truncated=True, verification=None)
             return copy_messages(self._messages), 0.0, False, False, info
+
+        if self._world is not None:
+            follow_up = self._world.end_turn(action)  # checks the user turn that just ended
+            if follow_up is not None:  # scripted user turns: the next one, and the episode goes on
+                self._messages.append({"role": "user", "content": follow_up})
+                info["user_turn"] = self._world.turn
+                if self._turn >= self._max_turns(task):
+                    return self._finish(info, reward=0.0, terminated=False, truncated=True, verification=None)
+                return copy_messages(self._messages), 0.0, False, False, info
 
         verification = self._verify(task, action)
         self._attempt += 1
@@ -365,13 +393,24 @@ class AMRSDEnv(gym.Env[list, str]):
         return [get_tool(name).schema() for name in task.tools]
 
     def _run_tools(self, task: TaskInstance, text: str) -> list[dict[str, Any]]:
-        """Tool messages answering the calls in ``text`` (empty when it has none: then it is the final answer)."""
+        """Tool messages answering the calls in ``text`` (empty when it has none: then it is the final answer, or
+        the end of a user turn). A single-turn function-calling family runs nothing: its calls are the answer."""
         from amrsd_envs.toolcalls import parse_tool_calls
 
+        if self._world is None and self._function_calling(task):
+            return []
         parsed = parse_tool_calls(text)
         if not parsed.calls and not parsed.errors:
             return []
+        if self._world is not None:
+            return self._world.execute(parsed)
         return self._tools(task).execute(parsed)
+
+    def _episode_world(self, task: TaskInstance) -> Any:
+        """The world of a verifier kind that brings its own (``episode_world(gold)``, e.g. ``bfcl_multi_turn``):
+        it runs the episode's calls and scripts its user turns. None for every other kind."""
+        make = getattr(VERIFIERS[task.verifier], "episode_world", None)
+        return make(task.answer) if make is not None else None
 
     def _tools(self, task: TaskInstance) -> Any:
         if self._tool_session is None:
@@ -392,7 +431,9 @@ class AMRSDEnv(gym.Env[list, str]):
     def _verify(self, task: TaskInstance, text: str) -> Verification:
         options = dict(task.verifier_options)
         # Only kinds that declare a `world` option (world_state) get the world; `math` & co. reject unknown options.
-        if "world" in VERIFIERS[task.verifier].options_model.model_fields and task.world is not None:
+        if "world" in VERIFIERS[task.verifier].options_model.model_fields and self._world is not None:
+            options["world"] = self._world
+        elif "world" in VERIFIERS[task.verifier].options_model.model_fields and task.world is not None:
             options["world"] = self._tools(task).world  # a fresh world when the agent never called a tool
         return check(task.verifier, task.answer, text, **options)
 
@@ -416,6 +457,9 @@ class AMRSDEnv(gym.Env[list, str]):
         return copy_messages(self._messages), float(reward), terminated, truncated, info
 
     def _close_episode(self) -> None:
+        if self._world is not None:
+            self._world.close()
+            self._world = None
         if self._tool_session is not None:
             self._tool_session.close()
             self._tool_session = None

@@ -4,7 +4,8 @@ A family without an ``oracle:`` block answers in one turn with its worked refere
 ``\\boxed{}``. A family with one (tool-use families) sends its steps in order: each step's tool calls (string
 argument values are templates over the instance parameters and ``{answer}``) and text. A function-calling family
 (BFCL) answers with what its verifier kind says a perfect response is (``oracle_response(gold)``: for ``bfcl_ast``,
-each expected call with the first allowed value of every argument).
+each expected call with the first allowed value of every argument), or, for a multi-turn kind
+(``bfcl_multi_turn``), with its ``oracle_messages(gold)``: the ground-truth calls and a reply, turn after turn.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def oracle_messages(task: TaskInstance, catalog: TaskCatalog) -> list[str]:
         from amrsd_envs.verifiers import VERIFIERS
 
         verifier = VERIFIERS[task.verifier]
+        if hasattr(verifier, "oracle_messages"):  # a multi-turn kind scripts one message per step of every turn
+            return verifier.oracle_messages(task.answer)
         if not hasattr(verifier, "oracle_response"):
             raise ValueError(f"family {spec.id}: verifier {task.verifier!r} cannot write an oracle response for a "
                              "function-calling family (it has no oracle_response(gold))")

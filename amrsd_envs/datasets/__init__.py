@@ -8,7 +8,8 @@ not installed raises :class:`DatasetUnavailable` with the ``pip install`` line t
 Built in: ``champ`` (:mod:`amrsd_envs.datasets.champ`, the CHAMP competition-math problems of ``champ-dataset``) and
 ``bfcl_<category>`` for the BFCL v4 single-turn categories of ``bfcl-eval`` (:mod:`amrsd_envs.datasets.bfcl`:
 ``bfcl_simple``, ``bfcl_multiple``, ``bfcl_parallel``, ``bfcl_parallel_multiple``, ``bfcl_live_simple``,
-``bfcl_live_multiple``, ``bfcl_irrelevance``).
+``bfcl_live_multiple``, ``bfcl_irrelevance``), and ``bfcl_multi_turn_base``
+(:mod:`amrsd_envs.datasets.bfcl_multi_turn`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def _bfcl(category: str) -> Callable[[], list[Row]]:
     return read_category
 
 
+def _bfcl_multi_turn() -> list[Row]:
+    from amrsd_envs.datasets.bfcl_multi_turn import read_rows
+
+    return read_rows()
+
+
 _BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
                     "irrelevance")  # amrsd_envs.datasets.bfcl.CATEGORIES, named here so registering imports nothing
 
@@ -44,6 +51,7 @@ _BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "live
 READERS: dict[str, Callable[[], list[Row]]] = {
     "champ": _champ,
     **{f"bfcl_{category}": _bfcl(category) for category in _BFCL_CATEGORIES},
+    "bfcl_multi_turn_base": _bfcl_multi_turn,
 }
 
 

@@ -2,8 +2,8 @@
 
 Built-in kinds: ``math`` (Math-Verify equivalence, run in worker processes under a hard timeout), ``numeric``
 (tolerance, units by pint), ``choice`` (option letter or text), ``exact`` (normalised string equality),
-``regex`` (a task-declared pattern), ``world_state`` (the episode's world) and ``bfcl_ast`` (BFCL's AST match of
-function calls). Later kinds join with ``register_verifier``.
+``regex`` (a task-declared pattern), ``world_state`` (the episode's world), ``bfcl_ast`` (BFCL's AST match of
+function calls) and ``bfcl_multi_turn`` (BFCL's multi-turn check, :mod:`amrsd_envs.bfcl_multi_turn`). Later kinds join with ``register_verifier``.
 
 >>> check("numeric", "3200 m", "The distance is \\\\boxed{3.2 \\\\text{km}}").correct
 True
@@ -66,3 +66,8 @@ from amrsd_envs.verifiers.bfcl_ast import BfclAstVerifier  # noqa: E402  (the bf
 
 if BfclAstVerifier.name not in VERIFIERS:  # reload-safe, as above
     register_verifier(BfclAstVerifier())
+
+from amrsd_envs.verifiers.bfcl_multi_turn import BfclMultiTurnVerifier  # noqa: E402  (the bfcl_multi_turn kind)
+
+if BfclMultiTurnVerifier.name not in VERIFIERS:  # reload-safe, as above
+    register_verifier(BfclMultiTurnVerifier())
