@@ -94,7 +94,7 @@ def save_checkpoint(
     step: int,
     model: Any,
     tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     scheduler: Any,
     state: TrainState,
     peers: Any,
@@ -102,7 +102,9 @@ def save_checkpoint(
     keep: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``root/step_N`` atomically. ``extra`` holds more resumable state (e.g. the teacher's weights), saved
+    """Write ``root/step_N`` atomically. ``optimizer`` is the optimizer or its state dict (under FSDP the state
+    gathered from the ranks' shards; under DDP every rank holds the same state, so one copy serves any world size).
+    ``extra`` holds more resumable state (e.g. the teacher's weights), saved
     beside the optimizer in ``trainer.pt`` and returned by :func:`load_trainer_state` under the same keys."""
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -112,7 +114,8 @@ def save_checkpoint(
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+    optim_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 **(extra or {})}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(state.to_json())
     if peers is not None:

@@ -185,6 +185,12 @@ class TrainConfig(BaseModel):
     device: str = Field("cpu", description="Torch device of the trainer (and of the hf engine).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Training dtype.")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's default.")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Under `torchrun --nproc_per_node N`: how the update is parallelised. `ddp` "
+        "(DistributedDataParallel; gloo on CPU, NCCL on CUDA); `fsdp` (FullyShardedDataParallel, CUDA only, wired "
+        "but not tested here: generation and scoring gather the full model). Ignored in one process. "
+        "`tasks_per_step` must be a multiple of the world size."
+    )
 
     warm_start: SFTConfig = Field(
         default_factory=SFTConfig,
@@ -295,6 +301,8 @@ class TrainConfig(BaseModel):
             close = difflib.get_close_matches(self.engine, engine_kinds(), n=1)
             raise ValueError(f"engine {self.engine!r} is not registered; valid: {', '.join(engine_kinds())}"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        if self.distributed == "fsdp" and not self.device.startswith("cuda"):
+            raise ValueError(f"distributed=fsdp needs CUDA (device={self.device!r}); use distributed=ddp on cpu")
         if self.dtype != "float32" and self.device == "cpu":
             raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy here; use dtype=float32 on cpu")
         return self

@@ -11,6 +11,7 @@ The envs own the tools: the rollout only passes text to ``env.step`` and reads m
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import re
 import time
@@ -182,6 +183,10 @@ def run_group_rollouts(
     """Run ``group_size`` episodes of each task in ``task_ids`` (batched generation across all live episodes).
 
     ``env_fns`` must hold at least ``len(task_ids) * group_size`` env instances (reused across calls).
+    ``first_group_id`` is the global index of ``task_ids[0]``'s group when the caller runs a shard of a larger batch
+    (a torchrun rank's block of the step's tasks): episode ``e = group_id * group_size + member`` is reset with
+    ``seed + e`` and samples turn ``t`` from :func:`episode_seed` ``(seed, e, t)``, so an episode is the same
+    whichever shard runs it and whichever other episodes share its generation requests.
     ``reset_options`` go to every ``env.reset`` besides the task id (e.g. ``{"record_peer": False}`` for held-out
     evaluation, ``{"peer_step": step}`` in training).
     Returns trajectories in group order (task 0's G episodes first).
@@ -193,11 +198,12 @@ def run_group_rollouts(
     stats = RolloutStats(episodes=n)
     trajs: list[Trajectory] = []
     state: list[dict[str, Any]] = []
+    episode = [first_group_id * group_size + k for k in range(n)]  # global episode indices
     for k in range(n):
         gi, tid = k // group_size, task_ids[k // group_size]
         env = env_fns[k]
         t0 = time.perf_counter()
-        messages, info = env.reset(seed=seed + k, options={**(reset_options or {}), "task_id": tid})
+        messages, info = env.reset(seed=seed + episode[k], options={**(reset_options or {}), "task_id": tid})
         stats.env_s += time.perf_counter() - t0
         traj = Trajectory(task_id=tid, group_id=first_group_id + gi, tools=info["tools"], messages=messages)
         ids = chat.prompt_ids(messages, info["tools"])
@@ -219,7 +225,8 @@ def run_group_rollouts(
         prompts = [trajs[k].input_ids for k in live]
         budget = [max_total_tokens - len(trajs[k].input_ids) for k in live]
         params = dataclasses.replace(
-            sampling, max_new_tokens=max(1, min(sampling.max_new_tokens, max(budget))), seed=seed * 1000 + turn
+            sampling, max_new_tokens=max(1, min(sampling.max_new_tokens, max(budget))),
+            prompt_seeds=[episode_seed(seed, episode[k], turn) for k in live],
         )
         t0 = time.perf_counter()
         outs = engine.generate(prompts, params)
@@ -259,6 +266,13 @@ def run_group_rollouts(
             traj.extend(glue, generated=False)
         turn += 1
     return trajs, stats
+
+
+def episode_seed(seed: int, episode: int, turn: int) -> int:
+    """The sampling seed of turn ``turn`` of global episode ``episode`` of a rollout seeded with ``seed`` (hash-mixed:
+    neighbouring episodes, turns and seeds get unrelated streams)."""
+    digest = hashlib.blake2b(f"{seed}:{episode}:{turn}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def _end_truncated(st: dict[str, Any], traj: Trajectory, text: str | None) -> None:

@@ -1,6 +1,7 @@
 """``amrsd_train.run(config)`` and the ``amrsd-train`` command line.
 
     amrsd-train --config configs/tiny-grpo.yaml [key=value ...]    train (resumes from output_dir by default)
+    torchrun --nproc_per_node N -m amrsd_train.run --config CFG      the same, data-parallel over N processes
     amrsd-train sft [--config configs/tiny-amrsd.yaml] [key=value ...] build + warm-start the embedded tiny model
     amrsd-train config-docs                                          print the config reference (markdown)
     amrsd-train compare --config CFG --steps N [--seeds 3 ...]     every algorithm x seed -> docs/RESULTS.md + plot
@@ -70,9 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"amrsd-train: {exc}", file=sys.stderr)
         return 2
+    from amrsd_train.distributed import launched_rank
     from amrsd_train.trainer import train
 
     result = train(cfg)
+    if launched_rank() != 0:
+        return 0  # under torchrun rank 0 reports
     print("\n" + eval_table(result, cfg))
     print(f"metrics: {result.output_dir / 'metrics.jsonl'}\nplot:    {result.plot}\ncheckpoint: {result.checkpoint}")
     return 0

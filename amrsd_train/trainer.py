@@ -25,6 +25,7 @@ from amrsd_envs.evaluate import pass_at_k
 from amrsd_envs.peers import PeerBuffer
 from amrsd_envs.sandbox import SharedSandbox
 from amrsd_train import checkpoint as ckpt
+from amrsd_train import distributed
 from amrsd_train.advantages import ADVANTAGE_ESTIMATORS
 from amrsd_train.algorithms import ALGORITHMS, CreditContext, VerifiedBatch
 from amrsd_train.config import TrainConfig
@@ -53,6 +54,7 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    distributed.setup(cfg)  # under torchrun: join the process group (one process: nothing)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -80,12 +82,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                               stop_strings=STOP_STRINGS)
     ctx = _credit_context(cfg, algorithm, model, tokenizer, engine, catalog, peers)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    update_scorer = distributed.wrap_for_update(scorer, cfg.distributed)  # torchrun: DDP(scorer); else scorer
+    optimizer = torch.optim.AdamW(update_scorer.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start_step, best = 0, {}
     if resume_from is not None:
         state, blobs = ckpt.load_trainer_state(resume_from)
-        optimizer.load_state_dict(blobs["optimizer"])
+        distributed.load_optimizer_state(update_scorer, optimizer, blobs["optimizer"])
         scheduler.load_state_dict(blobs["scheduler"])
         ckpt.set_rng_state(blobs["rng"])
         if ctx.teacher is not None and "teacher" in blobs:
@@ -93,62 +97,68 @@ def train(cfg: TrainConfig) -> TrainResult:
         start_step, best = state.step, state.best
         if (resume_from / "peers.sqlite").exists():
             peers.load(resume_from / "peers.sqlite")
-    logger = MetricsLogger(out, resume_step=start_step if resume_from else None, tensorboard=cfg.tensorboard)
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    logger = (MetricsLogger(out, resume_step=start_step if resume_from else None, tensorboard=cfg.tensorboard)
+              if distributed.is_rank0() else distributed.NoLogger())
+    if distributed.is_rank0():
+        (out / "config.yaml").write_text(cfg.to_yaml())
 
     eval_before = best.get("eval_before")
     if eval_before is None:
-        first_eval = _evaluate(cfg, engine, envs, catalog)
+        with distributed.full_params(update_scorer):
+            first_eval = _evaluate(cfg, engine, envs, catalog)
         eval_before = best["eval_before"] = first_eval["eval/pass@1"]
         logger.log(0, {**first_eval, "time/load_model_s": t_load})
 
     bar = tqdm(range(start_step, cfg.total_steps), initial=start_step, total=cfg.total_steps,
-               desc=f"train {cfg.algorithm}", disable=not cfg.progress, unit="step")
+               desc=f"train {cfg.algorithm}", disable=not (cfg.progress and distributed.is_rank0()), unit="step")
     metrics: dict[str, Any] = {}
     last_ckpt = resume_from
     for step in bar:
         t_step = time.perf_counter()
         model.eval()
 
-        # 1. rollout: G episodes per task, tools run inside the envs, verified at the end of each episode
-        task_ids = task_sampler.sample(step, cfg.tasks_per_step)
-        trajs, rstats = run_group_rollouts(engine, envs, task_ids, cfg.group_size, sampling,
-                                           max_total_tokens=cfg.max_total_tokens, seed=step_seed(cfg.seed, step),
-                                           reset_options={"peer_step": step})
+        with distributed.full_params(update_scorer):  # FSDP: the whole model on every rank to generate and score
+            # 1. rollout: G episodes per task, tools run inside the envs, verified at the end of each episode; under
+            #    torchrun this rank's block of the step's tasks, whole groups, episodes seeded by global index
+            task_ids, first_group = distributed.shard(task_sampler.sample(step, cfg.tasks_per_step))
+            trajs, rstats = run_group_rollouts(engine, envs, task_ids, cfg.group_size, sampling,
+                                               max_total_tokens=cfg.max_total_tokens, seed=step_seed(cfg.seed, step),
+                                               first_group_id=first_group, reset_options={"peer_step": step})
+            distributed.share_peers(peers, task_ids, step)
 
-        # 2. sequence advantages A_i from each group's rewards
-        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-        group_ids = torch.tensor([t.group_id for t in trajs])
-        adv = adv_estimator(rewards, group_ids, cfg.adv_eps)
-        batch = collate(trajs, cfg.device)
-        verified = _verified_batch(trajs, adv, group_ids, batch, step, cfg.total_steps)
+            # 2. sequence advantages A_i from each group's rewards
+            rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+            group_ids = torch.tensor([t.group_id for t in trajs])
+            adv = adv_estimator(rewards, group_ids, cfg.adv_eps)
+            batch = collate(trajs, cfg.device)
+            verified = _verified_batch(trajs, adv, group_ids, batch, step, cfg.total_steps)
 
-        # 3. token credit: the algorithm (AMR-SD: reflect -> teacher CIG -> gate) turns A_i into A_hat_{i,t}
-        t0 = time.perf_counter()
-        if ctx.teacher is not None:
-            ctx.teacher.refresh(model, step)
-        credit = algorithm.credit(verified, ctx)
-        t_credit = time.perf_counter() - t0
+            # 3. token credit: the algorithm (AMR-SD: reflect -> teacher CIG -> gate) turns A_i into A_hat_{i,t}
+            t0 = time.perf_counter()
+            if ctx.teacher is not None:
+                ctx.teacher.refresh(model, step)
+            credit = algorithm.credit(verified, ctx)
+            t_credit = time.perf_counter() - t0
 
-        # 4. old (and reference) log-probs, scored once before the update
-        t0 = time.perf_counter()
-        if cfg.recompute_old_logprobs and cfg.ppo_epochs * cfg.mini_batches > 1:
-            batch["old_logp"] = score_batch(scorer, batch, cfg.micro_batch_size)
-        elif cfg.recompute_old_logprobs:
-            batch["old_logp"] = None  # one update per batch: the policy is still pi_old, ratio = 1 (as TRL/verl)
-        ref_logp = score_batch(ref_scorer, batch, cfg.micro_batch_size) if ref_scorer is not None else None
-        t_score = time.perf_counter() - t0
+            # 4. old (and reference) log-probs, scored once before the update
+            t0 = time.perf_counter()
+            if cfg.recompute_old_logprobs and cfg.ppo_epochs * cfg.mini_batches > 1:
+                batch["old_logp"] = score_batch(scorer, batch, cfg.micro_batch_size)
+            elif cfg.recompute_old_logprobs:
+                batch["old_logp"] = None  # one update per batch: the policy is still pi_old, ratio = 1 (as TRL/verl)
+            ref_logp = score_batch(ref_scorer, batch, cfg.micro_batch_size) if ref_scorer is not None else None
+            t_score = time.perf_counter() - t0
 
         # 5. PPO epochs over mini-batches, gradient accumulation over micro-batches
         t0 = time.perf_counter()
         model.train()
-        upd = ppo_update(cfg, scorer, optimizer, scheduler, batch, credit.token_adv, ref_logp,
+        upd = ppo_update(cfg, update_scorer, optimizer, scheduler, batch, credit.token_adv, ref_logp,
                          update_generator(cfg.seed, step), aux_loss=credit.aux_loss)
         engine.update_weights(model)
         t_update = time.perf_counter() - t0
 
-        # 6. metrics, what the inspect page needs, eval, checkpoint
-        metrics = {
+        # 6. metrics (reduced over ranks), what the inspect page needs, eval, checkpoint (rank 0 writes)
+        metrics = distributed.reduce_metrics({
             "train/reward_mean": rewards.mean().item(),
             "train/pass_rate": float(np.mean([t.correct for t in trajs])),
             "train/response_length": float(np.mean([t.response_length for t in trajs])),
@@ -167,21 +177,24 @@ def train(cfg: TrainConfig) -> TrainResult:
             "time/score_s": t_score,
             "time/update_s": t_update,
             "time/step_s": time.perf_counter() - t_step,
-        }
+        })
         done = step + 1
-        if cfg.inspect_groups:
+        if cfg.inspect_groups and distributed.is_rank0():
             write_inspect_record(out / "inspect", done, cfg, tokenizer, verified, credit, cfg.inspect_groups)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.total_steps:
-            metrics.update(_evaluate(cfg, engine, envs, catalog))
+            with distributed.full_params(update_scorer):
+                metrics.update(_evaluate(cfg, engine, envs, catalog))
         logger.log(done, metrics)
         bar.set_postfix(_postfix(metrics))
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.total_steps:
-            last_ckpt = ckpt.save_checkpoint(
-                out / "checkpoints", step=done, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                scheduler=scheduler, state=ckpt.TrainState(done, cfg.model_dump(mode="json"), best), peers=peers,
-                metrics_file=logger.path, keep=cfg.keep_checkpoints,
-                extra={"teacher": ctx.teacher.state_dict()} if ctx.teacher is not None else None,
-            )
+            optimizer_state = distributed.optimizer_state(update_scorer, optimizer)
+            with distributed.full_params(update_scorer):
+                last_ckpt = distributed.on_rank0(
+                    ckpt.save_checkpoint, out / "checkpoints", step=done, model=model, tokenizer=tokenizer,
+                    optimizer=optimizer_state, scheduler=scheduler, peers=peers, metrics_file=logger.path,
+                    state=ckpt.TrainState(done, cfg.model_dump(mode="json"), best), keep=cfg.keep_checkpoints,
+                    extra={"teacher": ctx.teacher.state_dict()} if ctx.teacher is not None else None,
+                )
     bar.close()
 
     rows = logger.rows()
@@ -191,6 +204,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     for env in envs:
         env.close()
     sandbox.close()
+    distributed.teardown()
     return TrainResult(out, last_ckpt, metrics, eval_before, evals[-1] if evals else None, plot)
 
 
@@ -221,9 +235,11 @@ def load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
 
 def make_envs(cfg: TrainConfig, catalog: TaskCatalog, peers: PeerBuffer,
                sandbox: SharedSandbox | None = None) -> tuple[list[gym.Env], SharedSandbox]:
-    """One env per concurrent episode (a step's G x tasks, or an evaluation's), all on one sandbox."""
+    """One env per concurrent episode (a step's G x tasks, or an evaluation's, this rank's share), all on one
+    sandbox."""
     sandbox = sandbox if sandbox is not None else SharedSandbox(cfg.sandbox_backend)
-    n_envs = max(cfg.tasks_per_step * cfg.group_size, cfg.eval_tasks * cfg.eval_k)
+    world = distributed.world_size()
+    n_envs = max(cfg.tasks_per_step // world * cfg.group_size, -(-cfg.eval_tasks // world) * cfg.eval_k)
     envs = [gym.make("AMRSD-All-v0", tasks=catalog, max_turns=cfg.max_turns, peer_buffer=peers, sandbox=sandbox)
             for _ in range(n_envs)]
     return envs, sandbox
@@ -328,18 +344,22 @@ def _group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _evaluate(cfg: TrainConfig, engine, envs, catalog: TaskCatalog) -> dict[str, float]:
-    """pass@1 (and pass@k) on held-out tasks: the first test instances of each family, round-robin."""
+    """pass@1 (and pass@k) on held-out tasks: the first test instances of each family, round-robin.
+
+    Under torchrun each rank evaluates its block of the tasks, seeded by global index, and the results are gathered:
+    every rank returns the metrics one process computes."""
     t0 = time.perf_counter()
     base = envs[0].unwrapped
-    task_ids = base.task_ids("test", cfg.eval_tasks)
+    task_ids, first_group = distributed.shard(base.task_ids("test", cfg.eval_tasks))
     params = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
                             stop_strings=STOP_STRINGS, seed=cfg.seed)
     # held-out episodes must not become peers
     trajs, _ = run_group_rollouts(engine, envs, task_ids, cfg.eval_k, params, max_total_tokens=cfg.max_total_tokens,
-                                  seed=cfg.seed + 10_000, reset_options={"record_peer": False})
+                                  seed=cfg.seed + 10_000, first_group_id=first_group,
+                                  reset_options={"record_peer": False})
     by_task: dict[str, list[bool]] = {}
-    for t in trajs:
-        by_task.setdefault(t.task_id, []).append(t.correct)
+    for task_id, correct in distributed.gather([(t.task_id, t.correct) for t in trajs]):
+        by_task.setdefault(task_id, []).append(correct)
     p1 = float(np.mean([pass_at_k(len(v), sum(v), 1) for v in by_task.values()]))
     out = {"eval/pass@1": p1}
     if cfg.eval_k > 1:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from amrsd_train import distributed
 from amrsd_train.losses import kl_penalty, policy_loss
 
 __all__ = ["LOGITS_BUDGET", "TokenScorer", "collate", "micro_batch_rows", "ppo_update", "score_batch"]
@@ -160,45 +161,61 @@ def ppo_update(cfg: Any, scorer: nn.Module, optimizer: torch.optim.Optimizer, sc
     accumulated gradient equals the mini-batch's loss. Returns the mean of each logged statistic.
 
     ``scorer`` is a :class:`TokenScorer` (or a DDP wrapper of one); ``token_adv`` is the algorithm's ``[B, T-1]``
-    credit; ``generator`` fixes the mini-batch shuffle; ``aux_loss(logits, rows)`` adds a term on full logits."""
+    credit; ``generator`` fixes the mini-batch shuffle; ``aux_loss(logits, rows)`` adds a term on full logits.
+
+    Under torchrun the batch is this rank's shard: rows ``[rank * B, (rank + 1) * B)`` of a global batch of
+    ``world * B`` rows (every rank holds ``B``). The shuffle permutes the global batch, each rank trains its rows of
+    each global mini-batch, the token-mean weights divide by the global mini-batch's token count, and the loss is
+    scaled by the world size to undo DDP's mean: the optimizer steps on the gradient one process computes on the
+    global batch, up to float rounding. Ranks whose share of a mini-batch is smaller run zero-weight micro-batches
+    so that every rank reduces gradients the same number of times."""
     token_adv = token_adv.to(batch["loss_mask"].device)
     params = params if params is not None else [p for p in scorer.parameters() if p.requires_grad]
+    rank, world = distributed.rank(), distributed.world_size()
     B = token_adv.shape[0]
-    mb_size = B // cfg.mini_batches
+    mb_size = B * world // cfg.mini_batches
     sums: dict[str, list[float]] = {}
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=generator)
+        order = torch.randperm(B * world, generator=generator)
         for m in range(cfg.mini_batches):
-            mb = order[m * mb_size:(m + 1) * mb_size]
+            mb_global = order[m * mb_size:(m + 1) * mb_size]
+            mb = mb_global[(mb_global // B) == rank] - rank * B  # this rank's rows of the global mini-batch
             optimizer.zero_grad(set_to_none=True)
-            mb_tokens = batch["loss_mask"][mb].sum().clamp(min=1)
-            for rows in micro_batch_rows(batch["lengths"], mb, cfg.micro_batch_size):
+            mb_tokens = distributed.all_reduce_sum(batch["loss_mask"][mb].sum()).clamp(min=1)
+            micro = micro_batch_rows(batch["lengths"], mb, cfg.micro_batch_size)
+            n_micro = max(-(-int((mb_global // B == r).sum()) // cfg.micro_batch_size) for r in range(world))
+            for i in range(n_micro):
+                # a rank out of rows repeats row 0 at weight 0: its backward still joins the gradient reduction
+                rows, live = (micro[i], 1.0) if i < len(micro) else (torch.zeros(1, dtype=torch.long), 0.0)
                 # raw_sd's teacher logits come at the batch's full width; every other algorithm trims to the rows
                 L = batch["input_ids"].shape[1] if aux_loss is not None else int(batch["lengths"][rows].max())
                 mask = batch["loss_mask"][rows, :L - 1]
-                logp, ent, logits = scorer(batch["input_ids"][rows, :L], batch["attention_mask"][rows, :L], mask > 0,
-                                           with_entropy=True, full_logits=aux_loss is not None)
-                old = batch["old_logp"][rows, :L - 1] if batch["old_logp"] is not None else logp.detach()
-                loss, stats = policy_loss(logp, old, token_adv[rows, :L - 1], mask,
-                                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-                                          agg=cfg.loss_agg)
-                if aux_loss is not None:
-                    aux, aux_stats = aux_loss(logits, rows)
-                    loss = loss + aux
-                    stats = {**stats, **aux_stats, "actor/aux_loss": aux.item()}
-                if ref_logp is not None:
-                    kl_tok = kl_penalty(logp, ref_logp[rows, :L - 1], cfg.kl_kind)
-                    kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
-                    loss = loss + cfg.kl_coef * kl
-                    stats = {**stats, "actor/kl_ref": kl.item()}
-                # weight micro-batches so the accumulated gradient equals the mini-batch's
-                weight = (mask.sum() / mb_tokens) if cfg.loss_agg == "token-mean" else len(rows) / len(mb)
-                (loss * weight).backward()
+                with distributed.grad_sync(scorer, sync=i == n_micro - 1):
+                    logp, ent, logits = scorer(batch["input_ids"][rows, :L], batch["attention_mask"][rows, :L],
+                                               mask > 0, with_entropy=True, full_logits=aux_loss is not None)
+                    old = batch["old_logp"][rows, :L - 1] if batch["old_logp"] is not None else logp.detach()
+                    loss, stats = policy_loss(logp, old, token_adv[rows, :L - 1], mask,
+                                              clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                                              agg=cfg.loss_agg)
+                    if aux_loss is not None:
+                        aux, aux_stats = aux_loss(logits, rows)
+                        loss = loss + aux
+                        stats = {**stats, **aux_stats, "actor/aux_loss": aux.item()}
+                    if ref_logp is not None:
+                        kl_tok = kl_penalty(logp, ref_logp[rows, :L - 1], cfg.kl_kind)
+                        kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
+                        loss = loss + cfg.kl_coef * kl
+                        stats = {**stats, "actor/kl_ref": kl.item()}
+                    # weight micro-batches so the accumulated gradient equals the (global) mini-batch's
+                    weight = (mask.sum() / mb_tokens) if cfg.loss_agg == "token-mean" else len(rows) / mb_size
+                    (loss * (weight * world * live)).backward()
+                if not live:
+                    continue
                 stats = {**stats, "actor/entropy": ((ent * mask).sum() / mask.sum().clamp(min=1)).item(),
                          "actor/loss": loss.item()}
                 for k, v in stats.items():
                     sums.setdefault(k, []).append(float(v))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = distributed.clip_grad_norm(scorer, params, cfg.max_grad_norm)
             sums.setdefault("actor/grad_norm", []).append(float(grad_norm))
             optimizer.step()
             scheduler.step()

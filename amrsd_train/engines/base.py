@@ -46,6 +46,9 @@ class SamplingParams:
             environment can parse the call).
         seed: seeds sampling; the same prompts, params and weights give the same completions, independent
             of batch size. ``None`` draws a fresh seed.
+        prompt_seeds: one seed per prompt, used instead of ``seed``: prompt ``i``'s completions depend on
+            ``prompt_seeds[i]`` alone, not on which other prompts share the request or where (the trainer seeds
+            each episode by its global index, so a run sharded over ranks samples what one process samples).
     """
 
     temperature: float = 1.0
@@ -56,6 +59,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None
+    prompt_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         def is_int(value: object) -> bool:
@@ -83,11 +87,23 @@ class SamplingParams:
             raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
         if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if self.prompt_seeds is not None:
+            if isinstance(self.prompt_seeds, (str, bytes)) or not isinstance(self.prompt_seeds, Sequence):
+                raise TypeError(f"prompt_seeds must be a sequence of ints, got {self.prompt_seeds!r}")
+            if not all(is_int(s) and s >= 0 for s in self.prompt_seeds):
+                raise ValueError(f"prompt_seeds must be ints >= 0, got {self.prompt_seeds!r}")
+            object.__setattr__(self, "prompt_seeds", tuple(self.prompt_seeds))
         # Lists are accepted for convenience and stored as tuples so the params stay hashable.
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))
+
+    def check_prompt_seeds(self, n_prompts: int) -> None:
+        """Raise unless ``prompt_seeds`` is None or holds one seed per prompt."""
+        if self.prompt_seeds is not None and len(self.prompt_seeds) != n_prompts:
+            raise ValueError(f"prompt_seeds has {len(self.prompt_seeds)} seeds for {n_prompts} prompts; "
+                             "give one seed per prompt")
 
     @property
     def greedy(self) -> bool:

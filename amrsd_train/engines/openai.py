@@ -196,7 +196,8 @@ class OpenAIEngine:
                 "include_stop_str_in_output": True, "skip_special_tokens": False,
                 "spaces_between_special_tokens": False, "logprobs": 1, "return_tokens_as_token_ids": True,
                 # one seed per prompt, as the vllm engine does; the server draws the n samples of a request from it
-                "seed": None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63),
+                "seed": params.prompt_seeds[i] % (2**63) if params.prompt_seeds is not None
+                else None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63),
             })
         answers = self._run(self._gather([self._request("POST", "/completions", body) for body in bodies]))
         return [self._completions(i, answer, params) for i, answer in enumerate(answers)]

@@ -146,7 +146,8 @@ class VLLMEngine:
                 max_tokens=min(params.max_new_tokens, room), stop_token_ids=list(params.stop_token_ids),
                 stop=list(params.stop_strings), include_stop_str_in_output=True, logprobs=0,
                 # one seed per prompt; vLLM draws the n samples of a request from it
-                seed=None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63),
+                seed=params.prompt_seeds[i] % (2**63) if params.prompt_seeds is not None
+                else None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63),
                 skip_special_tokens=False, spaces_between_special_tokens=False,
             ))
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], requests, use_tqdm=False)
