@@ -46,6 +46,10 @@ DEFAULT_SYSTEM = {
     # how to write a tool call is the chat template's job (it renders the tools and the call format)
     "tooluse": "Solve the task by calling the available tools. When you are done, give the final answer as "
     "\\boxed{...}.",
+    # BFCL-style function calling: the task's functions are the tools; the calls themselves are the answer
+    "function_calling": "You can call the functions listed as tools. Answer the user's request by calling the "
+    "functions it needs, with every argument the request determines (several calls in one message when it needs "
+    "several). If no function fits the request, call none and say so.",
 }
 
 

@@ -450,8 +450,6 @@ class TaskFamilySpec(_Strict):
             if self.tools or self.oracle or self.world is not None:
                 raise ValueError("a function_calling family takes no `tools`, `oracle` or `world`: its functions "
                                  "are per task, its calls are never run, and its oracle comes from the verifier")
-            if self.system is None:
-                raise ValueError("a function_calling family needs a `system` prompt (there is no domain default)")
         if self.retry.max_attempts > self.max_turns:
             raise ValueError(f"retry.max_attempts ({self.retry.max_attempts}) exceeds max_turns ({self.max_turns}): "
                              "every attempt takes a turn")

@@ -10,10 +10,14 @@ string written another way). Each response is judged by ``bfcl_ast`` here and by
 class of disagreement with an example.
 
     .venv/bin/python bench/bfcl_agreement.py                       # all tasks, every mutation class
-    .venv/bin/python bench/bfcl_agreement.py --record tests/data/bfcl_checker_verdicts.jsonl
+    .venv/bin/python bench/bfcl_agreement.py --record tests/data/bfcl_checker_verdicts.jsonl \
+        --responses tests/data/bfcl_smollm2_responses.jsonl          # ... and a real model's answers
 
-``--record PATH`` also writes BFCL's verdicts on a fixed subset (``--per-class`` responses of each mutation class and
-category, default 4) for ``tests/test_bfcl.py``, which checks ``bfcl_ast`` against them without BFCL's venv.
+``--responses FILE`` (repeatable) adds real model answers: JSON lines with ``task_id`` and ``text`` (and ``model``,
+the row's class in the tables; else the file's stem), as ``bench/bfcl_smollm2.py`` writes them; both checkers judge
+them like the mutations. ``--only-responses`` leaves the mutations out. ``--record PATH`` also writes BFCL's verdicts
+on a fixed subset (``--per-class`` responses of each mutation class and category, default 4, and every real answer)
+for ``tests/test_bfcl.py``, which checks ``bfcl_ast`` against them without BFCL's venv.
 """
 
 from __future__ import annotations
@@ -37,8 +41,12 @@ from amrsd_envs.toolcalls import ToolCall, render_tool_calls  # noqa: E402
 from amrsd_envs.verifiers import check  # noqa: E402
 from amrsd_envs.verifiers.bfcl_ast import find_function, parse_gold, reference_calls  # noqa: E402
 
-RECORD_COMMAND = ".venv/bin/python bench/bfcl_agreement.py --record tests/data/bfcl_checker_verdicts.jsonl"
+RECORD_COMMAND = (".venv/bin/python bench/bfcl_agreement.py --record tests/data/bfcl_checker_verdicts.jsonl "
+                  "--responses tests/data/bfcl_smollm2_responses.jsonl")
 BFCL_STEMS = {"simple": "simple_python"}  # family suffix -> BFCL's file stem, where they differ
+FAMILIES = ["bfcl.simple", "bfcl.multiple", "bfcl.parallel", "bfcl.parallel_multiple", "bfcl.live_simple",
+            "bfcl.live_multiple", "bfcl.irrelevance"]
+"""The single-turn families (``bfcl_ast``); multi_turn_base has its own script, bench/bfcl_multi_turn_agreement.py."""
 Calls = list[tuple[str, dict[str, Any]]]
 
 
@@ -235,6 +243,19 @@ def responses(catalog: Any) -> Iterator[dict[str, Any]]:
                        "mutation": name, "text": _render(mutated)}
 
 
+def real_responses(catalog: Any, path: Path) -> Iterator[dict[str, Any]]:
+    """The answers of a responses file (``task_id``, ``text``, optional ``model``) as rows like :func:`responses`'s;
+    the class is ``real:<model>``."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        answer = json.loads(line)
+        task = catalog.get(answer["task_id"])
+        suffix = task.family_id.split(".", 1)[1]
+        yield {"task_id": task.id, "id": task.id.split("/", 1)[1], "category": BFCL_STEMS.get(suffix, suffix),
+               "family": task.family_id, "mutation": f"real:{answer.get('model', path.stem)}", "text": answer["text"]}
+
+
 def bfcl_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """BFCL's verdict on each row, from ``bench/bfcl_worker.py`` in BFCL's venv (one subprocess, one batch)."""
     from bfcl_env import ensure_bfcl_venv
@@ -256,10 +277,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--record", type=Path, default=None, help="Write BFCL's verdicts on a fixed subset here.")
     parser.add_argument("--per-class", type=int, default=4, help="Recorded responses per mutation class and family.")
+    parser.add_argument("--responses", type=Path, action="append", default=[],
+                        help="Real answers to judge too (JSON lines: task_id, text, model); repeatable.")
+    parser.add_argument("--only-responses", action="store_true", help="Judge the --responses only, no mutations.")
     args = parser.parse_args()
 
-    catalog = load_tasks(families=["bfcl.*"])
-    rows = list(responses(catalog))
+    catalog = load_tasks(families=FAMILIES)
+    rows = [] if args.only_responses else list(responses(catalog))
+    for path in args.responses:
+        rows += real_responses(catalog, path)
     started = time.perf_counter()
     for row in rows:
         row["ours"] = check("bfcl_ast", catalog.get(row["task_id"]).answer, row["text"]).correct
@@ -270,10 +296,14 @@ def main() -> None:
     for row, verdict in zip(rows, theirs):
         row["bfcl"], row["bfcl_error_type"] = verdict["valid"], verdict["error_type"]
 
-    print(f"{len(rows)} responses over {len(catalog)} families; bfcl_ast {ours_s:.1f} s, BFCL's checker "
+    families = len({r["family"] for r in rows})
+    print(f"{len(rows)} responses over {families} families; bfcl_ast {ours_s:.1f} s, BFCL's checker "
           f"{theirs_s:.1f} s (subprocess, imports included)\n")
     _table("family", rows, lambda r: r["family"])
     _table("mutation class", rows, lambda r: r["mutation"])
+    real = [r for r in rows if r["mutation"].startswith("real:")]
+    if real:
+        _table("real answers, family", real, lambda r: f"{r['mutation']} {r['family']}")
     disagreements = collections.defaultdict(list)
     for row in rows:
         if row["ours"] != row["bfcl"]:
@@ -301,12 +331,13 @@ def _table(title: str, rows: list[dict[str, Any]], key: Callable[[dict[str, Any]
 
 
 def _record(path: Path, rows: list[dict[str, Any]], per_class: int) -> None:
-    """The first ``per_class`` responses of each (family, mutation class), and every disagreement, as JSON lines."""
+    """The first ``per_class`` responses of each (family, mutation class), every real answer and every
+    disagreement, as JSON lines."""
     seen: collections.Counter = collections.Counter()
     chosen = []
     for row in rows:
         key = (row["family"], row["mutation"])
-        if seen[key] < per_class or row["ours"] != row["bfcl"]:
+        if seen[key] < per_class or row["ours"] != row["bfcl"] or row["mutation"].startswith("real:"):
             seen[key] += 1
             chosen.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -265,3 +265,30 @@ def test_eval_reports_bfcl_style_accuracy():
     assert all(v == 1.0 for v in scores.values())
     assert eval_main(["--env", "AMRSD-BFCL-v0", "--families", "bfcl.simple", "bfcl.irrelevance",
                       "--n-tasks", "4"]) == 0
+
+
+def test_function_calling_family_without_system_gets_the_domain_default(tmp_path):
+    """A function-calling family may leave out ``system``: it gets ``DEFAULT_SYSTEM["function_calling"]``."""
+    from amrsd_envs.builders import DEFAULT_SYSTEM
+
+    spec = (Path(amrsd_envs.__file__).parent.parent / "tasks" / "datasets" / "bfcl_simple.yaml").read_text()
+    start = spec.index("\nsystem:")
+    end = spec.index("\nverifier:")
+    (tmp_path / "bfcl_simple_default.yaml").write_text(spec[:start] + spec[end:])
+    task = load_tasks(tmp_path).get("bfcl.simple/simple_python_1")
+    assert task.system == DEFAULT_SYSTEM["function_calling"]
+    assert task.messages()[0] == {"role": "system", "content": DEFAULT_SYSTEM["function_calling"]}
+
+
+REAL_ANSWERS = Path(__file__).parent / "data" / "bfcl_smollm2_responses.jsonl"
+
+
+def test_real_model_answers_are_judged_as_recorded_and_as_bfcl_judged_them(catalog):
+    """SmolLM2-135M-Instruct's greedy answers (``bench/bfcl_smollm2.py``): ``bfcl_ast`` gives each the verdict the
+    file records (the accuracy in README.md), and BFCL's checker's verdict on every one is in the recorded set."""
+    answers = [json.loads(line) for line in REAL_ANSWERS.read_text(encoding="utf-8").splitlines()]
+    assert {a["family"] for a in answers} == {"bfcl.simple", "bfcl.multiple"} and len(answers) >= 200
+    assert all(check("bfcl_ast", catalog.get(a["task_id"]).answer, a["text"]).correct == a["correct"]
+               for a in answers)
+    recorded = {(r["task_id"], r["text"]) for r in _recorded() if r["mutation"] == f"real:{answers[0]['model']}"}
+    assert {(a["task_id"], a["text"]) for a in answers} <= recorded

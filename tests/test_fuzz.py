@@ -6,7 +6,13 @@ tags), unknown tools, arguments of the wrong type, JSON bombs, junk final answer
 HTTP to hosts that are not allowed (and a loopback listener that must never see a connection), SQL that is refused
 (ATTACH, PRAGMA, transactions...), floods of tool calls, non-str actions and actions after the episode ended. A few
 hundred expensive actions are mixed in: sandboxed Python (fork bombs, memory bombs, endless loops, output floods,
-crashes, attacks on the supervisor), SQL that runs forever (recursive CTEs) and 1 MB strings.
+crashes, attacks on the supervisor), SQL that runs forever (recursive CTEs) and 1 MB strings. In the function-calling
+families (``AMRSD-BFCL-v0``, and the ``bfcl.*`` families of ``AMRSD-All-v0``) the actions also target the task's own
+functions: declared functions with wrong, missing, extra or hostile arguments, undeclared functions, malformed call
+blocks (broken JSON, Python syntax, nested tags), huge arguments (1 MB strings, 100,000-item arrays, 100,000-deep
+nesting, 5,000 calls) and the oracle answer, alone and wrapped (it must score 1.0 when sent as is); nothing may be
+executed in the single-turn ones (no ``role: tool`` message) and every first message ends the episode there; in
+BFCL multi_turn_base the calls run on BFCL's backends.
 
 Checked on every step: only documented exceptions escape (RuntimeError after the episode ended, TypeError for a
 non-str action; see ``AMRSDEnv``'s docstring), the 5-tuple is well formed, the observation is inside
@@ -50,11 +56,14 @@ ENV_IDS = list(amrsd_envs.ENV_IDS)
 # max_turns 1, so nearly every action there costs a reset as well.
 # AMRSD_FUZZ_SCALE (default 1) scales them, e.g. 0.1 for a quick local run.
 SCALE = float(os.environ.get("AMRSD_FUZZ_SCALE", "1"))
-CHEAP_ACTIONS = {"AMRSD-Math-v0": 1800, "AMRSD-Science-v0": 1800, "AMRSD-ToolUse-v0": 2500, "AMRSD-All-v0": 2300}
+CHEAP_ACTIONS = {"AMRSD-Math-v0": 1800, "AMRSD-Science-v0": 1800, "AMRSD-ToolUse-v0": 2500, "AMRSD-BFCL-v0": 2000,
+                 "AMRSD-All-v0": 2300}
 CHEAP_ACTIONS = {env_id: max(1, round(n * SCALE)) for env_id, n in CHEAP_ACTIONS.items()}
 # Text that reaches the verifiers costs a Math-Verify comparison (tens of ms, 5 s on a pathological answer); in the
 # envs whose tasks have no tools (max_turns 1) every action without a tool call is one, so they get fewer of them.
-VERIFIED_KIND_WEIGHT = {"AMRSD-Math-v0": 0.35, "AMRSD-Science-v0": 0.35, "AMRSD-ToolUse-v0": 0.5, "AMRSD-All-v0": 0.5}
+# (bfcl_ast is cheap: no Math-Verify behind AMRSD-BFCL-v0.)
+VERIFIED_KIND_WEIGHT = {"AMRSD-Math-v0": 0.35, "AMRSD-Science-v0": 0.35, "AMRSD-ToolUse-v0": 0.5, "AMRSD-BFCL-v0": 1.0,
+                        "AMRSD-All-v0": 0.5}
 RSS_GROWTH_LIMIT_MB = 400  # generous: 1 MB actions, sympy caches, Math-Verify results; a leak per action is far more
 MB = 1 << 20
 
@@ -282,10 +291,22 @@ ARG_NAMES = {
 
 
 class Ctx:
-    """What an action generator may use: the rng, the episode's tools, and the forbidden listener's port."""
+    """What an action generator may use: the rng, the episode's tools, and the forbidden listener's port; in a
+    function-calling (BFCL) family also the task's own function schemas and its oracle answer."""
 
-    def __init__(self, rng: random.Random, tools: list[str], trap_port: int):
+    def __init__(self, rng: random.Random, tools: list[str], trap_port: int,
+                 schemas: list[dict[str, Any]] | None = None, oracle: str | None = None):
         self.rng, self.tools, self.trap_port = rng, tools, trap_port
+        self.schemas, self.oracle = schemas or [], oracle
+
+    def arg_names(self, name: str) -> list[str]:
+        """The argument names of a built-in tool, or of one of the task's declared functions."""
+        if name in ARG_NAMES:
+            return ARG_NAMES[name]
+        for schema in self.schemas:
+            if schema["function"]["name"] == name:
+                return list(schema["function"]["parameters"].get("properties", {})) or ["x"]
+        return ["x"]
 
 
 def a_random_bytes(c: Ctx) -> str:
@@ -329,21 +350,21 @@ def a_wrong_types(c: Ctx) -> str:
     name = rng.choice(c.tools + TOOL_NAMES if c.tools else TOOL_NAMES)
     shape = rng.randrange(7)
     if shape == 0:
-        args: Any = {a: random_json(rng) for a in ARG_NAMES[name]}
+        args: Any = {a: random_json(rng) for a in c.arg_names(name)}
     elif shape == 1:
         args = random_json(rng)  # a list, a number, a string ...
     elif shape == 2:
-        args = {a: rng.choice([[1], {"a": 1}, None, True, 1.5, 2**70]) for a in ARG_NAMES[name]}
+        args = {a: rng.choice([[1], {"a": 1}, None, True, 1.5, 2**70]) for a in c.arg_names(name)}
     elif shape == 3:
-        args = json.dumps({a: "x" for a in ARG_NAMES[name]})  # double-encoded arguments (allowed) ...
+        args = json.dumps({a: "x" for a in c.arg_names(name)})  # double-encoded arguments (allowed) ...
         if rng.random() < 0.5:
             args = args[: len(args) // 2]  # ... or double-encoded and broken
     elif shape == 4:
-        args = {**{a: "1" for a in ARG_NAMES[name]}, random_unicode(rng, 4): 1}  # an extra key
+        args = {**{a: "1" for a in c.arg_names(name)}, random_unicode(rng, 4): 1}  # an extra key
     elif shape == 5:
         return OPEN_TAG + json.dumps({"name": name, "arguments": {}, "extra": [1, 2]}) + CLOSE_TAG  # extra top key
     else:
-        arguments = '{"' + ARG_NAMES[name][0] + '": NaN}'
+        arguments = '{"' + c.arg_names(name)[0] + '": NaN}'
         return OPEN_TAG + '{"name": ' + json.dumps(name) + ', "arguments": ' + arguments + "}" + CLOSE_TAG
     return call(name, args, ascii_only=rng.random() < 0.7)
 
@@ -476,6 +497,117 @@ CHEAP_KINDS: dict[str, tuple[float, Callable[[Ctx], str]]] = {
 
 VERIFIED_KINDS = frozenset({"random_bytes", "random_unicode", "final_answer"})
 
+
+# -- function calling (AMRSD-BFCL-v0, and the bfcl.* families of AMRSD-All-v0): the task declares its own functions,
+# the first message is the answer and nothing is executed. These kinds join the cheap ones in those families only
+# (the other envs draw exactly as before).
+_HOSTILE_VALUES: list[Any] = [None, True, 0, -1, 2**70, -(2**64), 1e308, -1e-320, "", " ", "\x00", "\u202e", "9" * 400,
+                              [], {}, [[[]]], {"": {"": None}}, ["a", 1, None, [2.5]], "' OR 1=1 --", "{{x}}", "%s%n"]
+
+
+def _declared(c: Ctx) -> dict[str, Any]:
+    return c.rng.choice(c.schemas)["function"] if c.schemas else {"name": "f", "parameters": {"properties": {}}}
+
+
+def _hostile_args(c: Ctx, function: dict[str, Any]) -> dict[str, Any]:
+    rng = c.rng
+    params = function["parameters"]
+    names = list(params.get("properties", {}))
+    required = list(params.get("required", []))
+    shape = rng.randrange(6)
+    if shape == 0:  # every declared parameter, each a hostile value
+        return {n: rng.choice(_HOSTILE_VALUES) for n in names}
+    if shape == 1:  # required ones missing, others random
+        return {n: random_json(rng) for n in names if n not in required}
+    if shape == 2:  # parameters the function does not take
+        return {**{n: 1 for n in required}, random_unicode(rng, rng.randrange(1, 10)): random_json(rng), "": 1}
+    if shape == 3:  # types swapped: strings for numbers, objects for strings, ...
+        swap = {"string": 12, "integer": "12", "number": [1.5], "boolean": "true", "array": {"a": 1}, "object": ["x"]}
+        return {n: swap.get(d.get("type"), None) for n, d in params.get("properties", {}).items()}
+    if shape == 4:  # keys that differ only by case, spaces or Unicode look-alikes
+        return {rng.choice([n.upper(), f" {n}", f"{n}\u200b", n.replace("a", "\u0430")]): 1 for n in names or ["x"]}
+    return {n: random_json(rng) for n in names}
+
+
+def a_fc_declared(c: Ctx) -> str:
+    """A call to a function the task declares, with wrong, missing, extra or hostile arguments."""
+    function = _declared(c)
+    return call(function["name"], _hostile_args(c, function), ascii_only=c.rng.random() < 0.7)
+
+
+def a_fc_undeclared(c: Ctx) -> str:
+    """A call to a function the task does not declare: near-miss names, other tasks' tools, injected names."""
+    rng = c.rng
+    name = _declared(c)["name"]
+    undeclared = rng.choice([name + "_v2", name.upper(), name.replace(".", "_"), name.rsplit(".", 1)[-1], f" {name}",
+                             f"{name}\n", name[:-1], "python", "calculator", "__import__", "os.system", "eval", "",
+                             "x" * 5000, random_unicode(rng, rng.randrange(1, 20))])  # fmt: skip
+    return call(undeclared, {"x": 1})
+
+
+def a_fc_malformed(c: Ctx) -> str:
+    """Call blocks that are not calls: broken JSON, wrong shapes, Python syntax, code fences, calls in arguments."""
+    rng = c.rng
+    function = _declared(c)
+    name = json.dumps(function["name"])
+    args = json.dumps({n: 1 for n in c.arg_names(function["name"])})
+    return rng.choice([
+        OPEN_TAG + '{"name": ' + name + ', "arguments": ' + args[:-1] + CLOSE_TAG,  # unterminated
+        OPEN_TAG + '{"name": ' + name + ', "arguments": ' + json.dumps(args) + "}" + CLOSE_TAG,  # double-encoded
+        OPEN_TAG + '{"name": ' + name + ', "arguments": [1, 2, 3]}' + CLOSE_TAG,
+        OPEN_TAG + '{"name": ' + name + ', "arguments": null}' + CLOSE_TAG,
+        OPEN_TAG + '{"arguments": ' + args + "}" + CLOSE_TAG,  # no name
+        OPEN_TAG + '{"name": ' + rng.choice(["1", "null", "[]", '{"a": 1}', "true"]) + ', "arguments": {}}' + CLOSE_TAG,
+        OPEN_TAG + f"{function['name']}(x=1, y='2')" + CLOSE_TAG,  # Python syntax, as BFCL's prompt models write
+        f"[{function['name']}(x=1)]",  # BFCL's prompt format, no tags at all
+        "```json\n" + json.dumps({"name": function["name"], "arguments": {}}) + "\n```",
+        OPEN_TAG + '{"name": ' + name + ', "arguments": {"a": "' + OPEN_TAG + CLOSE_TAG + '"}}' + CLOSE_TAG,
+        OPEN_TAG + OPEN_TAG + '{"name": ' + name + ', "arguments": {}}' + CLOSE_TAG + CLOSE_TAG,  # nested tags
+        (OPEN_TAG + '{"name": ' + name + ', "arguments": {}}') * 3,  # never closed
+        OPEN_TAG + "[" + ", ".join([json.dumps({"name": function["name"], "arguments": {}})] * 3) + "]" + CLOSE_TAG,
+        OPEN_TAG + '{"name": ' + name + ', "arguments": {"x": NaN, "y": Infinity, "z": -Infinity}}' + CLOSE_TAG,
+    ])  # fmt: skip
+
+
+def a_fc_huge(c: Ctx) -> str:
+    """Declared function, huge arguments: long strings, long arrays, deep nesting, big numbers, many calls."""
+    rng = c.rng
+    function = _declared(c)
+    names = c.arg_names(function["name"])
+    shape = rng.randrange(6)
+    if shape == 0:
+        return call(function["name"], {n: "w" * 100_000 for n in names})
+    if shape == 1:
+        return call(function["name"], {n: list(range(20_000)) for n in names})
+    if shape == 2:
+        depth = rng.choice([200, 900, 5000])
+        nested = "[" * depth + "]" * depth
+        return OPEN_TAG + '{"name": ' + json.dumps(function["name"]) + ', "arguments": {"' + names[0] + '": ' + nested \
+            + "}}" + CLOSE_TAG
+    if shape == 3:
+        return OPEN_TAG + '{"name": ' + json.dumps(function["name"]) + ', "arguments": {"' + names[0] + '": ' \
+            + "7" * 5000 + "}}" + CLOSE_TAG  # an int over Python's 4300-digit str->int limit
+    if shape == 4:
+        return call(function["name"], {n: {str(i): i for i in range(5000)} for n in names})
+    return "\n".join(call(function["name"], {n: i for n in names}) for i in range(rng.choice([50, 500])))
+
+
+def a_fc_oracle(c: Ctx) -> str:
+    """The right answer (the verifier's oracle), alone, duplicated, or wrapped in prose and junk."""
+    rng = c.rng
+    right = c.oracle or "no call"
+    return rng.choice([right, right, right + "\n" + right, "Sure! " + right + " Done.", random_unicode(rng, 20) + right,
+                       right.replace("\n", " "), right + OPEN_TAG])  # fmt: skip
+
+
+FC_KINDS: dict[str, tuple[float, Callable[[Ctx], str]]] = {
+    "fc_declared": (4, a_fc_declared),
+    "fc_undeclared": (2, a_fc_undeclared),
+    "fc_malformed": (3, a_fc_malformed),
+    "fc_huge": (0.5, a_fc_huge),
+    "fc_oracle": (1.5, a_fc_oracle),
+}
+
 PY_FOREVER = "while True:\n    pass\n"
 PY_FORK_BOMB_FOREVER = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 PY_CASES: dict[str, list[str]] = {
@@ -588,17 +720,27 @@ def family_tools(env: gym.Env) -> dict[str, list[str]]:
     return out
 
 
+# Families the bulk leaves out, and why (each has a strict xfail test below that reproduces the problem).
+NOT_FUZZED = {
+    "bfcl.multi_turn_base": "its world answers every call of a message: 5,000 calls give 5,000 tool messages and the "
+                            "observation leaves the Conversation space (test_bfcl_multi_turn_call_flood_is_bounded)",
+}
+
+
 def run_bulk(env_id: str, n_cheap: int, plan: list, rng: random.Random, trap_port: int) -> None:
     actions = SUMMARY["actions"][env_id]
     episodes = SUMMARY["episodes"][env_id]
     env = gym.make(env_id)
     try:
-        tools_of = family_tools(env)
+        tools_of = {f: t for f, t in family_tools(env).items() if f not in NOT_FUZZED}
         families = sorted(tools_of)
         task_pool = {f: [env.reset(seed=s, options={"family": f})[1]["task_id"] for s in range(3)] for f in families}
         kinds = list(CHEAP_KINDS)
         damp = VERIFIED_KIND_WEIGHT.get(env_id, 1.0)
         weights = [CHEAP_KINDS[k][0] * (damp if k in VERIFIED_KINDS else 1.0) for k in kinds]
+        fc_kinds = kinds + list(FC_KINDS)  # function-calling families: the cheap kinds and the FC ones
+        fc_weights = weights + [w for w, _ in FC_KINDS.values()]
+        base = env.unwrapped
         cheap_left = n_cheap
         while cheap_left > 0 or plan:
             # An episode: a family that has the tool the next expensive action needs, else any family.
@@ -613,7 +755,15 @@ def run_bulk(env_id: str, n_cheap: int, plan: list, rng: random.Random, trap_por
             else:
                 obs, info = env.reset(options={"task_id": rng.choice(task_pool[family])})
             max_turns = info["max_turns"]
-            ctx = Ctx(rng, tools_of[family], trap_port)
+            calling = base.catalog[family].spec.function_calling is not None
+            single_turn = calling and max_turns == 1  # BFCL's single-turn categories (bfcl_ast), not multi_turn_*
+            if calling:  # the task's own functions, and (single-turn) its right answer
+                from amrsd_envs.oracle import oracle_messages
+
+                oracle = oracle_messages(base.catalog.get(info["task_id"]), base.catalog)[-1] if single_turn else None
+                ctx = Ctx(rng, [t["function"]["name"] for t in info["tools"]], trap_port, info["tools"], oracle)
+            else:
+                ctx = Ctx(rng, tools_of[family], trap_port)
             turn, done = 0, False
             while not done:
                 if pending is not None:
@@ -621,8 +771,8 @@ def run_bulk(env_id: str, n_cheap: int, plan: list, rng: random.Random, trap_por
                     kind, _, make = pending
                     pending = None
                 else:
-                    kind = rng.choices(kinds, weights)[0]
-                    make = CHEAP_KINDS[kind][1]
+                    kind = rng.choices(fc_kinds, fc_weights)[0] if calling else rng.choices(kinds, weights)[0]
+                    make = FC_KINDS[kind][1] if kind in FC_KINDS else CHEAP_KINDS[kind][1]
                     cheap_left -= 1
                 action = make(ctx)
                 turn += 1
@@ -635,6 +785,11 @@ def run_bulk(env_id: str, n_cheap: int, plan: list, rng: random.Random, trap_por
                 terminated, truncated, info = assert_valid_step(env, result, turn, max_turns)
                 SUMMARY["tool_messages"][env_id] += info["tool_calls"]
                 done = terminated or truncated
+                if single_turn:  # nothing is executed, and the first message is the answer
+                    assert info["tool_calls"] == 0 and not any(m["role"] == "tool" for m in result[0])
+                    assert terminated and not truncated
+                    if kind == "fc_oracle" and action == ctx.oracle:
+                        assert info["correct"] and result[1] == 1.0, f"the oracle answer failed: {info['task_id']}"
                 if done:
                     if truncated:
                         episodes["truncated (max_turns)"] += 1
@@ -685,8 +840,43 @@ def trap_listener():
     server.close()
 
 
+def bfcl_plan(rng: random.Random) -> list[tuple[str, str | None, Callable[[Ctx], str]]]:
+    """AMRSD-BFCL-v0's expensive actions: 1 MB strings, and 1 MB arguments to the task's declared functions (one
+    string, a 100,000-item array, 5,000 calls, 100,000-deep nesting)."""
+    plan: list[tuple[str, str | None, Callable[[Ctx], str]]] = []
+    for _ in range(6):
+        plan.append(("big_1mb", None, lambda c: big_action(c.rng, c.tools)))
+
+    def first(c: Ctx) -> tuple[str, str]:
+        function = _declared(c)
+        return function["name"], c.arg_names(function["name"])[0]
+
+    def big_string(c: Ctx) -> str:
+        name, arg = first(c)
+        return call(name, {arg: "s" * (1 << 20)})
+
+    def big_array(c: Ctx) -> str:
+        name, arg = first(c)
+        return call(name, {arg: [1.5] * 100_000})
+
+    def many_calls(c: Ctx) -> str:
+        name, arg = first(c)
+        return "\n".join(call(name, {arg: i}) for i in range(5000))
+
+    def deep(c: Ctx) -> str:
+        name, arg = first(c)
+        return OPEN_TAG + '{"name": ' + json.dumps(name) + ', "arguments": {"' + arg + '": ' + "[" * 100_000 \
+            + "]" * 100_000 + "}}" + CLOSE_TAG
+
+    for make in (big_string, big_array, many_calls, deep):
+        plan += [("fc_huge_1mb", None, make)] * 3
+    rng.shuffle(plan)
+    return plan
+
+
 def _plans() -> dict[str, list]:
-    """The expensive actions, split between the envs that have python and SQL tasks (ToolUse and All)."""
+    """The expensive actions, split between the envs that have python and SQL tasks (ToolUse and All); BFCL gets
+    its own (it has neither)."""
     plan = expensive_plan(random.Random(SEED))
     anywhere = [p for p in plan if p[1] is None]  # 1 MB strings and answer bombs: any env
     needs_tool = [p for p in plan if p[1] is not None]  # python and SQL: ToolUse and All
@@ -694,6 +884,7 @@ def _plans() -> dict[str, list]:
         "AMRSD-Math-v0": anywhere[0::4],
         "AMRSD-Science-v0": anywhere[1::4],
         "AMRSD-ToolUse-v0": needs_tool[0::2] + anywhere[2::4],
+        "AMRSD-BFCL-v0": bfcl_plan(random.Random(SEED)),
         "AMRSD-All-v0": needs_tool[1::2] + anywhere[3::4],
     }
 
@@ -723,6 +914,21 @@ def test_fuzz_env(env_id: str, private_tmp: Path, trap_listener) -> None:
     assert not hits, f"a request reached the forbidden listener: {hits}"
     assert growth < RSS_GROWTH_LIMIT_MB, f"RSS grew by {growth:.0f} MB"
     leaks.check()
+
+
+@pytest.mark.xfail(strict=True, reason=NOT_FUZZED["bfcl.multi_turn_base"])
+def test_bfcl_multi_turn_call_flood_is_bounded() -> None:
+    """One message of many calls must not grow the transcript past the observation space (as the tool executor
+    bounds it: at most ``messages_per_turn`` tool messages answer one message)."""
+    env = gym.make("AMRSD-BFCL-v0", families=["bfcl.multi_turn_base"])
+    try:
+        _, info = env.reset(seed=0)
+        name = info["tools"][0]["function"]["name"]
+        flood = "\n".join(call(name, {}) for _ in range(1000))
+        obs, *_ = env.step(flood)
+        assert env.observation_space.contains(obs), f"{len(obs)} messages after one assistant message"
+    finally:
+        env.close()
 
 
 # ------------------------------------------------------------------------------------------------ hypothesis

@@ -3,8 +3,10 @@ fresh venv without torch the envs, the oracle, ``amrsd-tasks validate`` and the 
 folder outside the repository (so the source tree cannot stand in for the installed package).
 
 The fresh venvs get the light runtime dependencies from one cached venv (built once per machine from PyPI, in the
-temp dir, keyed by the wheel's requirements) through a ``.pth`` file; the wheel itself installs with ``--no-index``,
-so a heavy requirement sneaking into the default install fails here instead of downloading torch.
+temp dir, keyed by the wheel's requirements) through a ``.pth`` file, together with the data-only packages that
+``scripts/setup.sh`` installs ``--no-deps`` (``bfcl-eval``: the BFCL families read its data files); the wheel itself
+installs with ``--no-index``, so a heavy requirement sneaking into the default install fails here instead of
+downloading torch.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ TRAIN_ONLY = ("torch", "transformers", "accelerate", "gguf", "matplotlib", "safe
 SOURCE_DIRS = {"amrsd_envs": "amrsd_envs", "amrsd_train": "amrsd_train", "tasks": "amrsd_tasks"}  # repo dir: wheel dir
 CAPS = ("<", "<=", "==", "===", "~=")  # specifier operators that put a ceiling on a version
 EVAL_TASKS = 8  # oracle episodes per env id (round-robin over its families)
+# Installed --no-deps beside the light dependencies, as scripts/setup.sh does: packages whose data files a reader
+# needs but whose own dependencies the project never imports (amrsd_envs.datasets.bfcl.INSTALL_HINT names the pin).
+DATA_ONLY = ("bfcl-eval==2026.3.23",)
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -72,7 +77,7 @@ def _requirements(wheel: Path) -> tuple[list[str], list[str]]:
 def _light_deps_site(wheel: Path) -> Path:
     """site-packages of a venv holding exactly the wheel's default requirements; built once per machine."""
     reqs = sorted(_requirements(wheel)[0])
-    key = hashlib.sha256(json.dumps([sys.version, reqs]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([sys.version, reqs, DATA_ONLY]).encode()).hexdigest()[:12]
     base = Path(tempfile.gettempdir()) / f"amrsd-test-light-deps-{key}"
     with open(f"{base}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building it right now
@@ -80,7 +85,9 @@ def _light_deps_site(wheel: Path) -> Path:
             shutil.rmtree(base, ignore_errors=True)
             _run([sys.executable, "-m", "venv", str(base)])
             _run([str(base / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *reqs])
-            (base / "complete").write_text("\n".join(reqs) + "\n")
+            _run([str(base / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                  "--no-deps", *DATA_ONLY])
+            (base / "complete").write_text("\n".join([*reqs, *DATA_ONLY]) + "\n")
     return Path(_run([str(base / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
                 .stdout.strip())
 
@@ -111,6 +118,14 @@ def clean_env(bin_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
     return light_venv(tmp_path_factory.mktemp("wheel-venv") / "venv", built_wheel())
+
+
+def test_data_only_pins_match_the_readers():
+    """The bfcl-eval pin installed here is the one the BFCL reader asks for (and scripts/setup.sh installs)."""
+    from amrsd_envs.datasets.bfcl import INSTALL_HINT
+
+    assert INSTALL_HINT.split()[-1] in DATA_ONLY
+    assert f'"{INSTALL_HINT.split()[-1]}"' in (REPO / "scripts" / "setup.sh").read_text()
 
 
 def test_pyproject_lists_every_package():
@@ -188,6 +203,7 @@ print(json.dumps({"files": [amrsd_envs.__file__, amrsd_tasks.__file__], "tasks_d
     assert out["first_role"] == "user" and not out["torch_loaded"]
     assert out["families"] == len([p for p in (REPO / "tasks").rglob("*") if p.suffix in (".yaml", ".yml")])
     assert out["scores"] == {e: [1.0, EVAL_TASKS] for e in out["scores"]}, out["scores"]
+    assert "AMRSD-BFCL-v0" in out["scores"]  # the BFCL families, read from bfcl-eval's installed data
 
     report = cwd / "report.json"
     _run(["amrsd-eval", "--env", "AMRSD-ToolUse-v0", "--policy", "oracle", "--n-tasks", "3", "--out", str(report)],
