@@ -63,6 +63,14 @@ STATELESS = frozenset({"MathAPI"})
 ERROR_PREFIX = "Error during execution: "
 TURN_DONE = "Done."
 
+CALLS_PER_MESSAGE = 8
+"""Calls run for one assistant message (BFCL's ground truth makes at most 7 in a turn); the rest, and parse errors
+past this many tool messages, are summed up in one notice, as the tool executor bounds a flood of calls."""
+
+TOOL_MESSAGES_PER_EPISODE = 120
+"""Tool messages an episode may receive; after that each message with calls gets one notice. With ``max_turns`` 40
+this keeps the transcript inside the observation space (256 messages) whatever the agent sends."""
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # gold and ground-truth calls
@@ -201,6 +209,7 @@ class MultiTurnWorld:
     owner: dict[str, str] = field(init=False)
     results: list[str] = field(init=False, default_factory=list)  # of every call of the agent, all turns
     calls_this_turn: int = field(init=False, default=0)
+    tool_messages: int = field(init=False, default=0)  # sent this episode, notices included
 
     def __post_init__(self) -> None:
         classes, config = self.gold["involved_classes"], self.gold["initial_config"]
@@ -213,17 +222,34 @@ class MultiTurnWorld:
         return len(self.gold["turns"])
 
     def execute(self, parsed: Any) -> list[dict[str, Any]]:
-        """Tool messages for the calls (in order) and the parse errors of one assistant message."""
-        from amrsd_envs.tools.executor import PARSE_ERROR_TOOL_NAME
+        """Tool messages for the calls (in order) and the parse errors of one assistant message: at most
+        :data:`CALLS_PER_MESSAGE`, then one notice for the rest; one notice only once the episode's
+        :data:`TOOL_MESSAGES_PER_EPISODE` are used up."""
+        from amrsd_envs.tools.executor import LIMIT_NOTICE_TOOL_NAME, PARSE_ERROR_TOOL_NAME
 
+        if self.tool_messages >= TOOL_MESSAGES_PER_EPISODE:
+            self.tool_messages += 1
+            return [{"role": "tool", "name": LIMIT_NOTICE_TOOL_NAME, "content": (
+                f"error: not run: the episode's {TOOL_MESSAGES_PER_EPISODE} tool messages are used up; "
+                "end the turn with a message without calls")}]
         messages = []
-        for call in parsed.calls:
+        for call in parsed.calls[:CALLS_PER_MESSAGE]:
             self.calls_this_turn += 1
             result = run_call(self.instances, self.owner, call.name, [], dict(call.arguments))
             self.results.append(result)
             messages.append({"role": "tool", "name": call.name, "content": result})
-        for error in parsed.errors:
+        room = max(0, CALLS_PER_MESSAGE - len(messages))
+        for error in parsed.errors[:room]:
             messages.append({"role": "tool", "name": PARSE_ERROR_TOOL_NAME, "content": f"error: {error}"})
+        more_calls = max(0, len(parsed.calls) - CALLS_PER_MESSAGE)
+        more_errors = len(parsed.errors) - min(len(parsed.errors), room)
+        if more_calls or more_errors:
+            parts = [f"{n} more {what}" for n, what in ((more_calls, "tool call(s)"),
+                                                         (more_errors, "malformed <tool_call> block(s)")) if n]
+            messages.append({"role": "tool", "name": LIMIT_NOTICE_TOOL_NAME, "content": (
+                f"error: not run or reported: {' and '.join(parts)} in this message; at most {CALLS_PER_MESSAGE} "
+                "calls are run per message")})
+        self.tool_messages += len(messages)
         return messages
 
     def end_turn(self, text: str = "") -> str | None:

@@ -720,19 +720,12 @@ def family_tools(env: gym.Env) -> dict[str, list[str]]:
     return out
 
 
-# Families the bulk leaves out, and why (each has a strict xfail test below that reproduces the problem).
-NOT_FUZZED = {
-    "bfcl.multi_turn_base": "its world answers every call of a message: 5,000 calls give 5,000 tool messages and the "
-                            "observation leaves the Conversation space (test_bfcl_multi_turn_call_flood_is_bounded)",
-}
-
-
 def run_bulk(env_id: str, n_cheap: int, plan: list, rng: random.Random, trap_port: int) -> None:
     actions = SUMMARY["actions"][env_id]
     episodes = SUMMARY["episodes"][env_id]
     env = gym.make(env_id)
     try:
-        tools_of = {f: t for f, t in family_tools(env).items() if f not in NOT_FUZZED}
+        tools_of = family_tools(env)
         families = sorted(tools_of)
         task_pool = {f: [env.reset(seed=s, options={"family": f})[1]["task_id"] for s in range(3)] for f in families}
         kinds = list(CHEAP_KINDS)
@@ -916,17 +909,25 @@ def test_fuzz_env(env_id: str, private_tmp: Path, trap_listener) -> None:
     leaks.check()
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_FUZZED["bfcl.multi_turn_base"])
 def test_bfcl_multi_turn_call_flood_is_bounded() -> None:
-    """One message of many calls must not grow the transcript past the observation space (as the tool executor
-    bounds it: at most ``messages_per_turn`` tool messages answer one message)."""
+    """Messages of many calls, every turn until truncation, never grow the transcript past the observation space:
+    the multi-turn world runs at most CALLS_PER_MESSAGE calls a message and TOOL_MESSAGES_PER_EPISODE in all."""
+    from amrsd_envs.bfcl_multi_turn import CALLS_PER_MESSAGE
+
     env = gym.make("AMRSD-BFCL-v0", families=["bfcl.multi_turn_base"])
     try:
         _, info = env.reset(seed=0)
         name = info["tools"][0]["function"]["name"]
-        flood = "\n".join(call(name, {}) for _ in range(1000))
-        obs, *_ = env.step(flood)
-        assert env.observation_space.contains(obs), f"{len(obs)} messages after one assistant message"
+        flood = "\n".join(call(name, {}) for _ in range(1000)) + "\n<tool_call>{broken</tool_call>"
+        before = 2
+        for _ in range(info["max_turns"]):
+            obs, _, terminated, truncated, _ = env.step(flood)
+            assert env.observation_space.contains(obs), f"{len(obs)} messages"
+            assert len(obs) - before <= CALLS_PER_MESSAGE + 2  # the message, its calls, one notice
+            before = len(obs)
+            if terminated or truncated:
+                break
+        assert truncated
     finally:
         env.close()
 
