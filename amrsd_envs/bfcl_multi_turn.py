@@ -225,30 +225,35 @@ class MultiTurnWorld:
         """Tool messages for the calls (in order) and the parse errors of one assistant message: at most
         :data:`CALLS_PER_MESSAGE`, then one notice for the rest; one notice only once the episode's
         :data:`TOOL_MESSAGES_PER_EPISODE` are used up."""
-        from amrsd_envs.tools.executor import LIMIT_NOTICE_TOOL_NAME, PARSE_ERROR_TOOL_NAME
+        from amrsd_envs.tools.context import ToolContext
+        from amrsd_envs.tools.executor import LIMIT_NOTICE_TOOL_NAME, PARSE_ERROR_TOOL_NAME, tool_message
+
+        def message(name: str, content: str) -> dict[str, Any]:
+            # the transcript gets the executor's bounded, valid-Unicode form; the checks keep the raw results
+            return tool_message(name, content, ToolContext.output_limit_chars)
 
         if self.tool_messages >= TOOL_MESSAGES_PER_EPISODE:
             self.tool_messages += 1
-            return [{"role": "tool", "name": LIMIT_NOTICE_TOOL_NAME, "content": (
-                f"error: not run: the episode's {TOOL_MESSAGES_PER_EPISODE} tool messages are used up; "
-                "end the turn with a message without calls")}]
+            return [message(LIMIT_NOTICE_TOOL_NAME, f"error: not run: the episode's {TOOL_MESSAGES_PER_EPISODE} "
+                                                    "tool messages are used up; end the turn with a message without "
+                                                    "calls")]
         messages = []
         for call in parsed.calls[:CALLS_PER_MESSAGE]:
             self.calls_this_turn += 1
             result = run_call(self.instances, self.owner, call.name, [], dict(call.arguments))
             self.results.append(result)
-            messages.append({"role": "tool", "name": call.name, "content": result})
+            messages.append(message(call.name, result))
         room = max(0, CALLS_PER_MESSAGE - len(messages))
         for error in parsed.errors[:room]:
-            messages.append({"role": "tool", "name": PARSE_ERROR_TOOL_NAME, "content": f"error: {error}"})
+            messages.append(message(PARSE_ERROR_TOOL_NAME, f"error: {error}"))
         more_calls = max(0, len(parsed.calls) - CALLS_PER_MESSAGE)
         more_errors = len(parsed.errors) - min(len(parsed.errors), room)
         if more_calls or more_errors:
             parts = [f"{n} more {what}" for n, what in ((more_calls, "tool call(s)"),
                                                          (more_errors, "malformed <tool_call> block(s)")) if n]
-            messages.append({"role": "tool", "name": LIMIT_NOTICE_TOOL_NAME, "content": (
-                f"error: not run or reported: {' and '.join(parts)} in this message; at most {CALLS_PER_MESSAGE} "
-                "calls are run per message")})
+            messages.append(message(LIMIT_NOTICE_TOOL_NAME, f"error: not run or reported: {' and '.join(parts)} in "
+                                                            f"this message; at most {CALLS_PER_MESSAGE} calls are run "
+                                                            "per message"))
         self.tool_messages += len(messages)
         return messages
 

@@ -62,10 +62,16 @@ def valid_text(text: str) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _message(name: str, content: str, ctx: ToolContext) -> dict[str, Any]:
+def tool_message(name: str, content: str, output_limit_chars: int) -> dict[str, Any]:
+    """A ``role: tool`` message safe for the transcript: the name cut to 100 characters and the content to
+    ``output_limit_chars``, both valid Unicode text (lone surrogates replaced), so a tokenizer can encode them."""
     # A model-chosen name goes into the transcript as is: cut it like content and keep it valid text.
     name = valid_text(name if len(name) <= 100 else name[:97] + "...")
-    return {"role": "tool", "name": name, "content": valid_text(truncate_output(content, ctx.output_limit_chars))}
+    return {"role": "tool", "name": name, "content": valid_text(truncate_output(content, output_limit_chars))}
+
+
+def _message(name: str, content: str, ctx: ToolContext) -> dict[str, Any]:
+    return tool_message(name, content, ctx.output_limit_chars)
 
 
 def _run_one(call: ToolCall, ctx: ToolContext, allowed_tools: Collection[str]) -> str:
