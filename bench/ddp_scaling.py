@@ -80,7 +80,8 @@ def main() -> None:
         raise SystemExit("--tasks must be even, --steps >= 2 and --threads >= 2")
 
     print("command: " + " ".join(shlex.quote(a) for a in sys.orig_argv))
-    for line in machine_lines(args.threads):
+    for line in machine_lines(args.threads, f"(this process; the runs: {args.threads} threads for one process, "
+                                            f"{args.threads // 2} per rank for two)"):
         print(line)
     model_dir = bench_model(args.model, args.family, args.threads)
     py = sys.executable

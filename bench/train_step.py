@@ -104,7 +104,7 @@ class LossCheck:
 # machine, venv, model
 
 
-def machine_lines(threads: int) -> list[str]:
+def machine_lines(threads: int, threads_note: str = "(both processes)") -> list[str]:
     import torch
     import transformers
 
@@ -121,7 +121,7 @@ def machine_lines(threads: int) -> list[str]:
         f"{fields.get('CPU(s)', os.cpu_count())} CPUs ({fields.get('Core(s) per socket', '?')} cores/socket, "
         f"{fields.get('Thread(s) per core', '?')} threads/core), {platform.system()} {platform.release()}",
         f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"torch threads {threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (both processes); "
+        f"torch threads {threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} {threads_note}; "
         f"load average at start: {load}",
     ]
 
