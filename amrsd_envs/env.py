@@ -35,8 +35,9 @@ class AMRSDEnv(gym.Env[list, str]):
     """A multi-turn agentic task: the agent answers (and may call tools) until it gives a final answer.
 
     One class serves every domain; domains differ only by their task families and tools. ``AMRSD-BFCL-v0`` (domain
-    ``function_calling``) serves the BFCL single-turn categories (families ``bfcl.*``): there the task brings its
-    own functions and the first message is the answer (see *Function calling* below).
+    ``function_calling``) serves the BFCL families (``bfcl.*``): there the task brings its own functions; in the
+    single-turn categories the first message is the answer, in ``bfcl.multi_turn_base`` the user's turns are scripted
+    (see *Function calling* and *Scripted user turns* below).
 
     ## Observation
     ``Conversation``: the whole transcript so far, a list of OpenAI-style messages
@@ -431,10 +432,11 @@ class AMRSDEnv(gym.Env[list, str]):
     def _verify(self, task: TaskInstance, text: str) -> Verification:
         options = dict(task.verifier_options)
         # Only kinds that declare a `world` option (world_state) get the world; `math` & co. reject unknown options.
-        if "world" in VERIFIERS[task.verifier].options_model.model_fields and self._world is not None:
-            options["world"] = self._world
-        elif "world" in VERIFIERS[task.verifier].options_model.model_fields and task.world is not None:
-            options["world"] = self._tools(task).world  # a fresh world when the agent never called a tool
+        if "world" in VERIFIERS[task.verifier].options_model.model_fields:
+            if self._world is not None:  # the verifier kind's own episode world (bfcl_multi_turn)
+                options["world"] = self._world
+            elif task.world is not None:
+                options["world"] = self._tools(task).world  # a fresh world when the agent never called a tool
         return check(task.verifier, task.answer, text, **options)
 
     def _finish(
