@@ -65,6 +65,11 @@ class SFTConfig(BaseModel):
     model: str | None = Field(None, description="With init=from_model: the model name or folder to fine-tune.")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None keeps torch's default.")
     progress: bool = Field(True, description="Show a progress bar.")
+    use_shipped: bool = Field(
+        True, description="Load the warm start shipped with the package (`amrsd_train/warm_starts/`) when one was "
+        "built from exactly these settings and the built-in tasks, instead of building it here (tens of minutes on "
+        "2 cores). false always builds (and caches) it; the result is the same model up to float rounding."
+    )
 
     @model_validator(mode="after")
     def _reflection_phase(self) -> "SFTConfig":

@@ -2,7 +2,7 @@
 
     amrsd-train --config configs/tiny-grpo.yaml [key=value ...]    train (resumes from output_dir by default)
     torchrun --nproc_per_node N -m amrsd_train.run --config CFG      the same, data-parallel over N processes
-    amrsd-train sft [--config configs/tiny-amrsd.yaml] [key=value ...] build + warm-start the embedded tiny model
+    amrsd-train sft [--config configs/tiny-amrsd.yaml] [--ship] [key=value ...]  build + warm-start the tiny model
     amrsd-train config-docs                                          print the config reference (markdown)
     amrsd-train compare --config CFG --steps N [--seeds 3 ...]     every algorithm x seed -> docs/RESULTS.md + plot
     amrsd-train inspect RUN_DIR [--step N] [--out FILE]            one step's tokens, A_hat, CIG, hints as an HTML page
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -150,8 +151,14 @@ def _sft_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amrsd-train sft", description="Build and warm-start a model by SFT.")
     parser.add_argument("--config", default=None, help="YAML: an SFT config, or a training config (its warm_start)")
     parser.add_argument("--tasks", default=None, help="tasks directory (default: built-in)")
+    parser.add_argument("--ship", action="store_true",
+                        help="build into the cache folder the trainer looks in (or take the one there), then copy it "
+                        "into the package (amrsd_train/warm_starts/) so fresh machines skip the build")
+    parser.add_argument("--note", default=None, help="with --ship: a provenance note kept in shipped.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the SFT config")
     args = parser.parse_args(argv)
+    if args.ship and args.tasks:
+        parser.error("--ship is for the built-in tasks only (a shipped warm start is keyed on them); drop --tasks")
     data: dict[str, Any] = {}
     if args.config:
         data = yaml.safe_load(Path(args.config).read_text()) or {}
@@ -162,10 +169,18 @@ def _sft_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"amrsd-train sft: {exc}", file=sys.stderr)
         return 2
-    from amrsd_train.sft import warm_start
+    from amrsd_train import models
+    from amrsd_train.sft import ship_warm_start, warm_start, warm_start_folder
 
-    out = warm_start(cfg, tasks_dir=args.tasks)
-    print(f"saved {out}")
+    if not args.ship:
+        print(f"saved {warm_start(cfg, tasks_dir=args.tasks)}")
+        return 0
+    cached, seconds = warm_start_folder(cfg), None
+    if not models.is_model_dir(cached):
+        t0 = time.perf_counter()
+        warm_start(cfg.model_copy(update={"output": str(cached)}))
+        seconds = time.perf_counter() - t0
+    print(f"shipped {ship_warm_start(cfg, cached, seconds, note=args.note)} (from {cached})")
     return 0
 
 

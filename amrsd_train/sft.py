@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,10 @@ WARM_START_VERSION = 3
 hint-conditioned demos; 3: the loss is scored by ``TokenScorer``, so its floats round differently)."""
 
 
-_NOT_RESULT = {"progress", "threads", "output"}  # SFT settings that do not change the model it makes
+_NOT_RESULT = {"progress", "threads", "output", "use_shipped"}  # SFT settings that do not change the model it makes
+SHIPPED_DIR = Path(__file__).parent / "warm_starts"
+"""Warm starts shipped with the package, one folder per cache key (``tiny-<key>``), each with ``shipped.json``."""
+SHIPPED_FILE = "shipped.json"
 
 
 def _cache_key(**payload: object) -> str:
@@ -208,6 +212,55 @@ def warm_start_folder(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
 
     key = _cache_key(cfg=cfg.model_dump(mode="json", exclude=_NOT_RESULT), tasks_dir=tasks_dir)
     return models.tiny_model_dir().parent / f"tiny-{key}"
+
+
+def resolve_warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
+    """The folder of the tiny model warm-started with ``cfg``: the cached one; else the shipped one of the same key
+    (``cfg.use_shipped``); else build it now and cache it. The key covers every setting and the tasks folder, so a
+    changed warm start never loads a shipped model made from other settings: it is built."""
+    from amrsd_train import models
+
+    folder = warm_start_folder(cfg, tasks_dir)
+    if models.is_model_dir(folder):
+        return folder
+    shipped = SHIPPED_DIR / folder.name
+    if cfg.use_shipped and models.is_model_dir(shipped):
+        return shipped
+    return warm_start(cfg.model_copy(update={"output": str(folder)}), tasks_dir=tasks_dir)
+
+
+def ship_warm_start(cfg: SFTConfig, built: Path, seconds: float | None, *, note: str | None = None,
+                    into: Path = SHIPPED_DIR) -> Path:
+    """Copy the warm start ``built`` from ``cfg`` (built-in tasks) into ``into/tiny-<key>`` with a ``shipped.json``
+    naming the settings, the commit it was shipped at, the machine, the build time (None: copied from the cache, see ``note``) and the
+    weights' sha256 (a test checks it)."""
+    import datetime as dt
+    import hashlib
+    import platform
+    import shutil
+    import subprocess
+
+    from amrsd_train import models
+
+    target = into / warm_start_folder(cfg).name
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
+    with models.atomic_output_dir(target, overwrite=True) as out:
+        for f in built.iterdir():
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+        (out / SHIPPED_FILE).write_text(json.dumps({
+            "key": target.name.removeprefix("tiny-"),
+            "settings": cfg.model_dump(mode="json", exclude=_NOT_RESULT),
+            "warm_start_version": WARM_START_VERSION,
+            "commit": commit,
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+            "build_seconds": None if seconds is None else round(seconds),
+            "note": note,
+            "shipped": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "model_sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
+        }, indent=2) + "\n")
+    return target
 
 
 def _first_phase_folder(cfg: SFTConfig, out: Path) -> Path:

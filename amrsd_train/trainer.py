@@ -221,11 +221,9 @@ def load_policy(cfg: TrainConfig, checkpoint_model: Path | None):
     if checkpoint_model is not None:
         folder = checkpoint_model
     elif cfg.model == "tiny":
-        from amrsd_train.sft import warm_start, warm_start_folder
+        from amrsd_train.sft import resolve_warm_start
 
-        folder = warm_start_folder(cfg.warm_start, cfg.tasks_dir)
-        if not models.is_model_dir(folder):
-            folder = warm_start(cfg.warm_start.model_copy(update={"output": str(folder)}), tasks_dir=cfg.tasks_dir)
+        folder = resolve_warm_start(cfg.warm_start, cfg.tasks_dir)
     else:
         folder = models.resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)

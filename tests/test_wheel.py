@@ -152,6 +152,8 @@ def test_wheel_holds_every_module_and_the_whole_task_suite():
     assert not missing, f"source files missing from the wheel (pyproject packages / package-data?): {missing}"
     assert any(n.startswith("amrsd_tasks/data/") and n.endswith(".json") for n in names)
     assert sum(n.startswith("amrsd_tasks/") and n.endswith(".yaml") for n in names) >= 30
+    # the main job's warm start, so an installed package skips the build too
+    assert any(n.startswith("amrsd_train/warm_starts/tiny-") and n.endswith("/model.safetensors") for n in names)
     tops = {n.split("/")[0] for n in names}
     assert tops == {*SOURCE_DIRS.values(), wheel.name.split("-py")[0] + ".dist-info"}, tops
 
