@@ -133,7 +133,7 @@ class PlannedRun:
         return self.output_dir / "compare.log"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "amrsd_train.run", "--config", self.config, *self.overrides]
+        return [sys.executable, "-m", "amrsd_train", "--config", self.config, *self.overrides]
 
 
 @dataclass(frozen=True)

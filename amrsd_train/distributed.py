@@ -1,6 +1,6 @@
 """torchrun support: one training process per rank, the step's task groups sharded across them.
 
-``torchrun --nproc_per_node N -m amrsd_train.run --config CFG`` starts N copies of the trainer; :func:`setup` reads
+``torchrun --nproc_per_node N -m amrsd_train --config CFG`` starts N copies of the trainer; :func:`setup` reads
 torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and joins the
 process group (gloo on CPU, NCCL on CUDA). Without those variables, or with ``WORLD_SIZE=1``, there is no process
 group at all and every helper here is the identity: a one-process run is the plain loop.

@@ -1,7 +1,7 @@
 """``amrsd_train.run(config)`` and the ``amrsd-train`` command line.
 
     amrsd-train --config configs/tiny-grpo.yaml [key=value ...]    train (resumes from output_dir by default)
-    torchrun --nproc_per_node N -m amrsd_train.run --config CFG      the same, data-parallel over N processes
+    torchrun --nproc_per_node N -m amrsd_train --config CFG      the same, data-parallel over N processes
     amrsd-train sft [--config configs/tiny-amrsd.yaml] [--ship] [key=value ...]  build + warm-start the tiny model
     amrsd-train config-docs                                          print the config reference (markdown)
     amrsd-train compare --config CFG --steps N [--seeds 3 ...]     every algorithm x seed -> docs/RESULTS.md + plot

@@ -88,10 +88,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="amrsd-ddp-") as tmp:
         one, two = Path(tmp) / "one", Path(tmp) / "two"
         half = args.threads // 2
-        wall_one = launch([py, "-m", "amrsd_train.run", "--config", str(write_config(args, model_dir, one,
+        wall_one = launch([py, "-m", "amrsd_train", "--config", str(write_config(args, model_dir, one,
                                                                                       args.threads))], args.threads)
         wall_two = launch([py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "amrsd_train.run", "--config", str(write_config(args, model_dir, two, half))], half)
+                           "-m", "amrsd_train", "--config", str(write_config(args, model_dir, two, half))], half)
         m1, m2 = phase_means(one), phase_means(two)
     print(f"\n{args.tasks} tasks x G={args.group} of {args.family} per step, {args.steps} steps "
           f"(mean of steps 2..{args.steps}); 1 process x {args.threads} threads vs 2 processes x {half}")

@@ -210,12 +210,12 @@ def test_a_failed_run_is_reported_and_the_rest_go_on(tmp_path, monkeypatch, caps
 
 def test_run_command_and_real_subprocess_log(tmp_path):
     run = PlannedRun(str(tmp_path / "missing.yaml"), "rlsd", 1, 7, tmp_path / "rlsd" / "seed_1", ("lr=1e-4",))
-    assert run.command() == [sys.executable, "-m", "amrsd_train.run", "--config", str(tmp_path / "missing.yaml"),
+    assert run.command() == [sys.executable, "-m", "amrsd_train", "--config", str(tmp_path / "missing.yaml"),
                              "lr=1e-4", "algorithm=rlsd", "seed=1", "total_steps=7", f"output_dir={run.output_dir}"]
-    # the real child process: `python -m amrsd_train.run` starts, refuses the missing config, exits 2
+    # the real child process: `python -m amrsd_train` starts, refuses the missing config, exits 2
     assert launch_subprocess(run) == 2
     log = run.log_path.read_text()
-    assert log.startswith(f"\n$ {sys.executable} -m amrsd_train.run") and "cannot read config" in log
+    assert log.startswith(f"\n$ {sys.executable} -m amrsd_train") and "cannot read config" in log
 
 
 def test_summarise_only_starts_nothing_and_counts_the_seeds_that_finished(tmp_path, monkeypatch):

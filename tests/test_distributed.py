@@ -1,6 +1,6 @@
 """torchrun: two gloo processes on CPU train what one process trains on the same global batch and seed.
 
-The end-to-end test launches ``python -m torch.distributed.run --nproc_per_node 2 -m amrsd_train.run``; the update
+The end-to-end test launches ``python -m torch.distributed.run --nproc_per_node 2 -m amrsd_train``; the update
 test runs ``ppo_update`` in a two-process gloo group on two halves of a batch against one process on the whole batch,
 with more than one mini-batch and epoch (so the global shuffle, the global token count and the zero-weight padding
 micro-batches are all exercised).
@@ -63,7 +63,7 @@ def test_two_processes_train_what_one_process_trains(tiny_calc, tmp_path):
     (tmp_path / "ddp.yaml").write_text(cfg.to_yaml())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(_free_port()), "-m", "amrsd_train.run", "--config",
+                          "--master_port", str(_free_port()), "-m", "amrsd_train", "--config",
                           str(tmp_path / "ddp.yaml")], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count("held-out test split") == 1, "rank 1 must not report"

@@ -233,7 +233,7 @@ def test_step_field_must_match_the_file_name(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "amrsd_train.run", "inspect", *args]
+    command = [sys.executable, "-m", "amrsd_train", "inspect", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
