@@ -201,3 +201,62 @@ def state_dict_of(weights: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Ten
             raise TypeError(f"state dict values must be tensors; not for keys {bad[:5]}")
         return weights
     raise TypeError(f"update_weights takes an nn.Module or a state dict, got {type(weights).__name__}")
+
+
+# -------------------------------------------------------------------------------- shared by the server-side engines
+# (vllm and openai hand ids to another process, so they check them first and map its answers back the same way)
+
+
+def checked_ids(what: str, seq: Sequence[int] | Tensor, *, max_model_len: int, vocab_size: int) -> list[int]:
+    """``seq`` as a list of ints, or a ValueError naming ``what``: empty, longer than the context, or an id outside
+    the vocabulary (a server would answer those with an opaque 400, or not at all)."""
+    ids = seq.tolist() if isinstance(seq, Tensor) else [int(t) for t in seq]
+    if not ids:
+        raise ValueError(f"{what} is empty; every sequence needs at least one token")
+    if len(ids) > max_model_len:
+        raise ValueError(f"{what} has {len(ids)} tokens, more than max_model_len={max_model_len}")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise ValueError(f"{what} holds ids outside [0, {vocab_size})")
+    return ids
+
+
+def generation_budget(i: int, prompt: Sequence[int], params: SamplingParams, max_model_len: int) -> int:
+    """How many tokens ``prompts[i]`` may generate: ``max_new_tokens``, cut to the room left in the context."""
+    room = max_model_len - len(prompt)
+    if room < 1:
+        raise ValueError(f"prompts[{i}] has {len(prompt)} tokens, leaving no room to generate within "
+                         f"max_model_len={max_model_len}")
+    return min(params.max_new_tokens, room)
+
+
+def request_seed(params: SamplingParams, i: int) -> int | None:
+    """The seed of prompt ``i``'s request (its ``prompt_seeds`` entry, else one derived from ``seed``); the server
+    draws the request's n samples from it."""
+    if params.prompt_seeds is not None:
+        return params.prompt_seeds[i] % (2**63)
+    return None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63)
+
+
+def decoded_completion(tokenizer: object, token_ids: list[int], logprobs: list[float],
+                       reason: FinishReason) -> Completion:
+    """A Completion whose text is the decoded ids without a final stop id (EOS / ``stop_token_ids``: kept in the
+    ids, which the trainer optimises, but not in the text)."""
+    text_ids = token_ids[:-1] if reason == "stop" else token_ids
+    text = tokenizer.decode(text_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return Completion(token_ids=token_ids, logprobs=logprobs, text=text, finish_reason=reason)
+
+
+def score_masks(loss_mask: Sequence[Sequence[int]] | None, seqs: Sequence[Sequence[int]]) -> list[Tensor | None]:
+    """``score``'s ``loss_mask`` as one bool tensor per sequence (None without a mask), or a ValueError naming the
+    mask that does not fit its sequence."""
+    if loss_mask is None:
+        return [None] * len(seqs)
+    if isinstance(loss_mask, (str, bytes)) or len(loss_mask) != len(seqs):
+        raise ValueError(f"loss_mask must hold one mask per sequence ({len(seqs)})")
+    masks: list[Tensor | None] = []
+    for i, (ids, m) in enumerate(zip(seqs, loss_mask)):
+        mask = torch.as_tensor(m.tolist() if isinstance(m, Tensor) else list(m)).reshape(-1)
+        if mask.numel() != len(ids):
+            raise ValueError(f"loss_mask[{i}] has {mask.numel()} entries for a sequence of {len(ids)} tokens")
+        masks.append(mask != 0)
+    return masks

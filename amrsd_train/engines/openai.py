@@ -56,7 +56,16 @@ import httpx
 import torch
 from torch import Tensor, nn
 
-from amrsd_train.engines.base import Completion, FinishReason, SamplingParams
+from amrsd_train.engines.base import (
+    Completion,
+    FinishReason,
+    SamplingParams,
+    checked_ids,
+    decoded_completion,
+    generation_budget,
+    request_seed,
+    score_masks,
+)
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
 
@@ -182,23 +191,16 @@ class OpenAIEngine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         ids = [self._check(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
-        bodies = []
-        for i, prompt in enumerate(ids):
-            room = self.max_model_len - len(prompt)
-            if room < 1:
-                raise ValueError(f"prompts[{i}] has {len(prompt)} tokens, leaving no room to generate within "
-                                 f"max_model_len={self.max_model_len}")
-            bodies.append({
-                **self.extra_body,
-                "model": self.model, "prompt": prompt, "n": params.n, "temperature": params.temperature,
-                "top_p": params.top_p, "top_k": params.top_k or -1, "max_tokens": min(params.max_new_tokens, room),
-                "stop": list(params.stop_strings), "stop_token_ids": list(params.stop_token_ids),
-                "include_stop_str_in_output": True, "skip_special_tokens": False,
-                "spaces_between_special_tokens": False, "logprobs": 1, "return_tokens_as_token_ids": True,
-                # one seed per prompt, as the vllm engine does; the server draws the n samples of a request from it
-                "seed": params.prompt_seeds[i] % (2**63) if params.prompt_seeds is not None
-                else None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63),
-            })
+        bodies = [{
+            **self.extra_body,
+            "model": self.model, "prompt": prompt, "n": params.n, "temperature": params.temperature,
+            "top_p": params.top_p, "top_k": params.top_k or -1,
+            "max_tokens": generation_budget(i, prompt, params, self.max_model_len),
+            "stop": list(params.stop_strings), "stop_token_ids": list(params.stop_token_ids),
+            "include_stop_str_in_output": True, "skip_special_tokens": False,
+            "spaces_between_special_tokens": False, "logprobs": 1, "return_tokens_as_token_ids": True,
+            "seed": request_seed(params, i),
+        } for i, prompt in enumerate(ids)]
         answers = self._run(self._gather([self._request("POST", "/completions", body) for body in bodies]))
         return [self._completions(i, answer, params) for i, answer in enumerate(answers)]
 
@@ -223,10 +225,7 @@ class OpenAIEngine:
             else:
                 raise OpenAIEngineError(f"{self.base_url}/completions ended prompts[{i}] with finish_reason="
                                         f"{choice.get('finish_reason')!r}")
-            text_ids = token_ids[:-1] if reason == "stop" else token_ids  # EOS / stop id: kept in ids, not text
-            text = self.tokenizer.decode(text_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            out.append(Completion(token_ids=token_ids, logprobs=[float(v) for v in values], text=text,
-                                  finish_reason=reason))
+            out.append(decoded_completion(self.tokenizer, token_ids, [float(v) for v in values], reason))
         return out
 
     def _token_id(self, token: str) -> int:
@@ -243,18 +242,7 @@ class OpenAIEngine:
               ) -> list[Tensor]:
         """``log p(ids[t] | ids[:t])`` from the server's prompt log-probs; 0.0 at t = 0 and where the mask is 0."""
         seqs = [self._check(f"sequences[{i}]", s) for i, s in enumerate(sequences)]
-        if loss_mask is not None and (isinstance(loss_mask, (str, bytes)) or len(loss_mask) != len(seqs)):
-            raise ValueError(f"loss_mask must hold one mask per sequence ({len(seqs)})")
-        masks: list[Tensor | None] = []
-        for i, ids in enumerate(seqs):
-            if loss_mask is None:
-                masks.append(None)
-                continue
-            m = loss_mask[i]
-            mask = torch.as_tensor(m.tolist() if isinstance(m, Tensor) else list(m)).reshape(-1)
-            if mask.numel() != len(ids):
-                raise ValueError(f"loss_mask[{i}] has {mask.numel()} entries for a sequence of {len(ids)} tokens")
-            masks.append(mask != 0)
+        masks = score_masks(loss_mask, seqs)
         wanted = [i for i, ids in enumerate(seqs) if len(ids) > 1 and (masks[i] is None or bool(masks[i][1:].any()))]
         for i in wanted:
             if len(seqs[i]) >= self.max_model_len:
@@ -372,14 +360,7 @@ class OpenAIEngine:
     # ------------------------------------------------------------------------------------------ misc
 
     def _check(self, what: str, seq: Sequence[int]) -> list[int]:
-        ids = seq.tolist() if isinstance(seq, Tensor) else [int(t) for t in seq]
-        if not ids:
-            raise ValueError(f"{what} is empty; every sequence needs at least one token")
-        if len(ids) > self.max_model_len:
-            raise ValueError(f"{what} has {len(ids)} tokens, more than max_model_len={self.max_model_len}")
-        if min(ids) < 0 or max(ids) >= self.vocab_size:
-            raise ValueError(f"{what} holds ids outside [0, {self.vocab_size})")
-        return ids
+        return checked_ids(what, seq, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
 
     def close(self) -> None:
         """Close the connection pool and stop the background loop (idempotent)."""

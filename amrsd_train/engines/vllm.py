@@ -29,7 +29,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from amrsd_train.engines.base import Completion, FinishReason, SamplingParams, state_dict_of, unwrap_model
+from amrsd_train.engines.base import (
+    Completion,
+    FinishReason,
+    SamplingParams,
+    checked_ids,
+    decoded_completion,
+    generation_budget,
+    request_seed,
+    score_masks,
+    state_dict_of,
+    unwrap_model,
+)
 
 
 def _free_port() -> int:
@@ -135,21 +146,13 @@ class VLLMEngine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         ids = [self._check(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
-        requests = []
-        for i, prompt in enumerate(ids):
-            room = self.max_model_len - len(prompt)
-            if room < 1:
-                raise ValueError(f"prompts[{i}] has {len(prompt)} tokens, leaving no room to generate within "
-                                 f"max_model_len={self.max_model_len}")
-            requests.append(VSamplingParams(
-                n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
-                max_tokens=min(params.max_new_tokens, room), stop_token_ids=list(params.stop_token_ids),
-                stop=list(params.stop_strings), include_stop_str_in_output=True, logprobs=0,
-                # one seed per prompt; vLLM draws the n samples of a request from it
-                seed=params.prompt_seeds[i] % (2**63) if params.prompt_seeds is not None
-                else None if params.seed is None else (params.seed * 1_000_003 + i) % (2**63),
-                skip_special_tokens=False, spaces_between_special_tokens=False,
-            ))
+        requests = [VSamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
+            max_tokens=generation_budget(i, prompt, params, self.max_model_len),
+            stop_token_ids=list(params.stop_token_ids), stop=list(params.stop_strings),
+            include_stop_str_in_output=True, logprobs=0, seed=request_seed(params, i),
+            skip_special_tokens=False, spaces_between_special_tokens=False,
+        ) for i, prompt in enumerate(ids)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], requests, use_tqdm=False)
         return [[self._completion(o, params) for o in out.outputs] for out in outputs]
 
@@ -163,9 +166,7 @@ class VLLMEngine:
             reason = "stop_string"
         else:
             reason = "stop"  # EOS or one of stop_token_ids, kept as the last id
-        text_ids = token_ids[:-1] if reason == "stop" else token_ids
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return Completion(token_ids=token_ids, logprobs=logprobs, text=text, finish_reason=reason)
+        return decoded_completion(self.tokenizer, token_ids, logprobs, reason)
 
     # ------------------------------------------------------------------------------------------ score
 
@@ -176,8 +177,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         seqs = [self._check(f"sequences[{i}]", s) for i, s in enumerate(sequences)]
-        if loss_mask is not None and len(loss_mask) != len(seqs):
-            raise ValueError(f"loss_mask must hold one mask per sequence ({len(seqs)})")
+        masks = score_masks(loss_mask, seqs)
         params = VSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
         result = []
@@ -185,11 +185,8 @@ class VLLMEngine:
             logp = torch.zeros(len(ids), dtype=torch.float32)
             for t in range(1, len(ids)):
                 logp[t] = out.prompt_logprobs[t][ids[t]].logprob
-            if loss_mask is not None:
-                mask = torch.as_tensor(list(loss_mask[i]) if not isinstance(loss_mask[i], Tensor) else loss_mask[i])
-                if mask.numel() != len(ids):
-                    raise ValueError(f"loss_mask[{i}] has {mask.numel()} entries for a sequence of {len(ids)} tokens")
-                logp = logp.masked_fill(mask.reshape(-1) == 0, 0.0)
+            if masks[i] is not None:
+                logp = logp.masked_fill(~masks[i], 0.0)
             result.append(logp)
         return result
 
@@ -209,14 +206,7 @@ class VLLMEngine:
         return worker.model_runner
 
     def _check(self, what: str, seq: Sequence[int]) -> list[int]:
-        ids = seq.tolist() if isinstance(seq, Tensor) else [int(t) for t in seq]
-        if not ids:
-            raise ValueError(f"{what} is empty; every sequence needs at least one token")
-        if len(ids) > self.max_model_len:
-            raise ValueError(f"{what} has {len(ids)} tokens, more than max_model_len={self.max_model_len}")
-        if min(ids) < 0 or max(ids) >= self.vocab_size:
-            raise ValueError(f"{what} holds ids outside [0, {self.vocab_size})")
-        return ids
+        return checked_ids(what, seq, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
 
     def close(self) -> None:
         """Free the engine (and its temporary model folder)."""
