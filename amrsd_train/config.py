@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -262,6 +262,12 @@ class TrainConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts (1.0 = off).")
     max_new_tokens: int = Field(128, ge=1, description="Tokens per assistant turn.")
     max_total_tokens: int = Field(1024, ge=16, description="Episode length cap (prompt + all turns); truncates.")
+    stop_strings: list[Annotated[str, Field(min_length=1)]] = Field(
+        ["</tool_call>"], description="An assistant turn ends at the first of these (kept in the turn), in training "
+        "and evaluation. The default ends a turn at its first tool call, so the env runs it and the model reads the "
+        "result before it goes on; `[]` lets one message carry several calls (BFCL's parallel families), ending the "
+        "turn at EOS or `max_new_tokens`."
+    )
 
     # -- evaluation, logging, checkpoints ----------------------------------------------------------------------------
     eval_every: int = Field(10, ge=0, description="Evaluate on the test split every N steps (0 = only start/end).")

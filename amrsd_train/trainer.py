@@ -38,7 +38,7 @@ from amrsd_train.rollout import ChatTokens, Trajectory, run_group_rollouts
 from amrsd_train.teacher import Teacher
 from amrsd_train.update import TokenScorer, collate, ppo_update, score_batch
 
-STOP_STRINGS = ("</tool_call>",)
+STOP_STRINGS = tuple(TrainConfig.model_fields["stop_strings"].default)  # ("</tool_call>",)
 
 
 @dataclass
@@ -79,7 +79,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     peers = PeerBuffer(per_task=cfg.peers_per_task)
     envs, sandbox = make_envs(cfg, catalog, peers, sandbox)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                              stop_strings=STOP_STRINGS)
+                              stop_strings=cfg.stop_strings)
     ctx = _credit_context(cfg, algorithm, model, tokenizer, engine, catalog, peers)
 
     update_scorer = distributed.wrap_for_update(scorer, cfg.distributed)  # torchrun: DDP(scorer); else scorer
@@ -350,7 +350,7 @@ def _evaluate(cfg: TrainConfig, engine, envs, catalog: TaskCatalog) -> dict[str,
     base = envs[0].unwrapped
     task_ids, first_group = distributed.shard(base.task_ids("test", cfg.eval_tasks))
     params = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-                            stop_strings=STOP_STRINGS, seed=cfg.seed)
+                            stop_strings=cfg.stop_strings, seed=cfg.seed)
     # held-out episodes must not become peers
     trajs, _ = run_group_rollouts(engine, envs, task_ids, cfg.eval_k, params, max_total_tokens=cfg.max_total_tokens,
                                   seed=cfg.seed + 10_000, first_group_id=first_group,

@@ -142,7 +142,7 @@ def test_cli_prints_held_out_table_per_family(tiny_calc, tmp_path, capsys):
 def _train_subprocess(cfg: TrainConfig, log: Path) -> subprocess.Popen:
     cfg_path = log.with_suffix(".yaml")
     cfg_path.write_text(cfg.to_yaml())
-    return subprocess.Popen([sys.executable, "-m", "amrsd_train.run", "--config", str(cfg_path)],
+    return subprocess.Popen([sys.executable, "-m", "amrsd_train", "--config", str(cfg_path)],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -253,6 +253,31 @@ def test_every_algorithm_trains_and_logs_its_diagnostics(tiny_calc, tmp_path, al
     assert page.stat().st_size > 5_000 and "<html" in page.read_text()
 
 
+@pytest.mark.slow
+def test_stop_strings_end_the_assistant_turns_they_configure(tiny_calc, tmp_path):
+    """`stop_strings` reaches generation: with "calculator" (which every tool call of test.calc names) each first
+    turn ends at it, cutting the call; the default ends it at the first `</tool_call>`."""
+    from amrsd_train import run
+
+    def first_turns(run_dir: Path) -> list[str]:
+        groups = json.loads((run_dir / "inspect" / "step_000001.json").read_text())["groups"]
+        return ["".join(t[0] for t in r["tokens"] if t[1] == "assistant" and t[2] == 0)
+                for g in groups for r in g["rollouts"]]
+
+    common = dict(algorithm="grpo", total_steps=1, checkpoint_every=0)
+    cut = run(base_config(tmp_path, tiny_calc, stop_strings=["calculator"], output_dir=str(tmp_path / "cut"), **common))
+    default = run(base_config(tmp_path, tiny_calc, output_dir=str(tmp_path / "default"), **common))
+    cut_turns, default_turns = first_turns(cut.output_dir), first_turns(default.output_dir)
+    # a stop string may end inside a token: the turn runs to the end of that token, a few characters at most
+    calling = [t for t in cut_turns if "calculator" in t]
+    assert len(calling) > len(cut_turns) // 2, cut_turns
+    assert all(len(t.split("calculator", 1)[1]) <= 3 for t in calling), calling
+    assert not any("</tool_call>" in t for t in cut_turns)
+    assert sum(t.endswith("</tool_call>") for t in default_turns) > len(default_turns) // 2, default_turns
+    with pytest.raises(ValueError, match="stop_strings"):
+        TrainConfig.validated({"stop_strings": [""]})
+
+
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="did you mean lr"):
         TrainConfig.validated({"lrr": 1e-4})
@@ -287,9 +312,10 @@ def test_config_errors_are_clear(tmp_path):
 def test_cli_rejects_bad_config_before_loading_a_model(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model: tiny\nalgorithm: ppo\n")
-    out = subprocess.run([sys.executable, "-m", "amrsd_train.run", "--config", str(p)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "amrsd_train", "--config", str(p)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "algorithm" in out.stderr and "grpo" in out.stderr
+    assert "RuntimeWarning" not in out.stderr  # `-m amrsd_train` (the package's __main__), not `-m amrsd_train.run`
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
