@@ -232,8 +232,8 @@ def resolve_warm_start(cfg: SFTConfig, tasks_dir: str | None = None) -> Path:
 def ship_warm_start(cfg: SFTConfig, built: Path, seconds: float | None, *, note: str | None = None,
                     into: Path = SHIPPED_DIR) -> Path:
     """Copy the warm start ``built`` from ``cfg`` (built-in tasks) into ``into/tiny-<key>`` with a ``shipped.json``
-    naming the settings, the commit it was shipped at, the machine, the build time (None: copied from the cache, see ``note``) and the
-    weights' sha256 (a test checks it)."""
+    naming the settings, the commit it was shipped at, the machine, the build time (None: copied from the cache; see
+    ``note``) and the weights' sha256 (a test checks it)."""
     import datetime as dt
     import hashlib
     import platform
